@@ -1,0 +1,31 @@
+"""Reading and validating lmembed's inputs; knows nothing about models."""
+
+from lmembed.data.download import DOWNLOAD_TASKS, download, write_sts_tsv, write_triplets_csv
+from lmembed.data.errors import DataError
+from lmembed.data.sts import (
+    ALL_TASKS,
+    QUICK_TASKS,
+    TASKS,
+    STSTask,
+    load_sts,
+    resolve_data_dir,
+    resolve_tasks,
+)
+from lmembed.data.triplets import Triplets, load_triplets
+
+__all__ = [
+    "ALL_TASKS",
+    "DOWNLOAD_TASKS",
+    "QUICK_TASKS",
+    "TASKS",
+    "DataError",
+    "STSTask",
+    "Triplets",
+    "download",
+    "load_sts",
+    "load_triplets",
+    "resolve_data_dir",
+    "resolve_tasks",
+    "write_sts_tsv",
+    "write_triplets_csv",
+]

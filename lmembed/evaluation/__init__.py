@@ -1,0 +1,25 @@
+"""STS evaluation of embedding models and before/after reports."""
+
+from lmembed.evaluation.report import write_report
+from lmembed.evaluation.sts import (
+    Encoder,
+    TaskScore,
+    compare,
+    evaluate,
+    load_results,
+    save_results,
+    score_task,
+    to_markdown,
+)
+
+__all__ = [
+    "Encoder",
+    "TaskScore",
+    "compare",
+    "evaluate",
+    "load_results",
+    "save_results",
+    "score_task",
+    "to_markdown",
+    "write_report",
+]

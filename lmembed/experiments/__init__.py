@@ -1,0 +1,1 @@
+"""Experiments built on train + evaluate: the demo and ablation sweeps."""

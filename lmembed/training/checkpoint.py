@@ -1,0 +1,94 @@
+"""Exact, atomic checkpoints: LoRA weights, optimizer, scheduler, RNG states, step.
+
+The data order is a pure function of (seed, step), so the step number is the
+data position; restoring the RNG states replays dropout exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from lmembed.io import atomic_directory, atomic_write_json
+
+STATE_FILE = "trainer_state.json"
+# Options that change what a step computes; resuming with different values would
+# silently train a different run.
+RESUME_MUST_MATCH = ("model", "data", "limit", "batch_size", "seed", "steps", "epochs", "lr")
+
+
+def rng_states() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") is not None:
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(
+    folder: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    step: int,
+    config: dict[str, Any],
+) -> None:
+    """Write everything needed to continue at ``step``; replaces the old checkpoint whole."""
+    with atomic_directory(folder) as tmp:
+        tensors = {k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()}
+        save_file(tensors, str(tmp / "adapter.safetensors"))
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_states(),
+            },
+            tmp / "training.pt",
+        )
+        atomic_write_json(tmp / STATE_FILE, {"step": step, "config": config})
+
+
+def load_checkpoint(
+    folder: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: dict[str, Any],
+) -> int:
+    """Restore a checkpoint into live objects; return the step to continue from."""
+    folder = Path(folder)
+    state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+    changed = [k for k in RESUME_MUST_MATCH if state["config"].get(k) != config.get(k)]
+    if changed:
+        details = ", ".join(
+            f"{k}: {state['config'].get(k)!r} -> {config.get(k)!r}" for k in changed
+        )
+        raise ValueError(
+            f"cannot resume {folder}: options changed since it was written ({details})"
+        )
+    set_peft_model_state_dict(model, load_file(str(folder / "adapter.safetensors")))
+    training = torch.load(folder / "training.pt", weights_only=False)
+    optimizer.load_state_dict(training["optimizer"])
+    scheduler.load_state_dict(training["scheduler"])
+    set_rng_states(training["rng"])
+    return int(state["step"])
+
+
+def has_checkpoint(folder: str | Path) -> bool:
+    return (Path(folder) / STATE_FILE).is_file()

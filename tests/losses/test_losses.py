@@ -1,0 +1,56 @@
+import math
+
+import pytest
+import torch
+
+from lmembed.losses import InfoNCELoss, TripletLoss, build_loss, info_nce, triplet_margin
+
+
+def _cos(a, b):
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+def _hand_info_nce(q, p, n, t):
+    total = 0.0
+    for i in range(len(q)):
+        candidates = [_cos(q[i], p[j]) for j in range(len(p))]
+        if n is not None:
+            candidates += [_cos(q[i], n[j]) for j in range(len(n))]
+        denominator = sum(math.exp(c / t) for c in candidates)
+        total += -math.log(math.exp(_cos(q[i], p[i]) / t) / denominator)
+    return total / len(q)
+
+
+@pytest.mark.parametrize("hard_negatives", [True, False])
+def test_info_nce_matches_hand_computation(hard_negatives):
+    torch.manual_seed(0)
+    q, p, n = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
+    expected = _hand_info_nce(q, p, n if hard_negatives else None, 0.05)
+    got = InfoNCELoss(0.05, hard_negatives)(q, p, n)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_info_nce_offset_selects_global_positive():
+    torch.manual_seed(1)
+    q, p = torch.randn(2, 4), torch.randn(6, 4)
+    shifted = info_nce(q, p, positive_offset=2)
+    reordered = info_nce(q, torch.cat([p[2:4], p[:2], p[4:]]))
+    assert shifted.item() == pytest.approx(reordered.item(), rel=1e-6)
+
+
+def test_triplet_matches_hand_computation():
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    p = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+    n = torch.tensor([[1.0, 0.1], [1.0, 0.0]])
+    expected = [max(0.0, (1 - _cos(q[i], p[i])) - (1 - _cos(q[i], n[i])) + 0.2) for i in range(2)]
+    assert triplet_margin(q, p, n, 0.2).item() == pytest.approx(sum(expected) / 2, rel=1e-6)
+    assert TripletLoss(0.2)(q, p, n).item() == pytest.approx(sum(expected) / 2, rel=1e-6)
+
+
+def test_loss_options_are_validated():
+    with pytest.raises(ValueError, match="temperature"):
+        InfoNCELoss(0.0)
+    with pytest.raises(ValueError, match="hard negatives"):
+        build_loss("triplet", 0.05, hard_negatives=False, margin=0.2)
+    with pytest.raises(ValueError, match="infonce"):
+        build_loss("cosent", 0.05, True, 0.2)

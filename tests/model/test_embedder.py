@@ -1,0 +1,84 @@
+"""Embedder behaviour on tiny random models of each supported architecture."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import ARCHITECTURES, make_tiny_model
+
+from lmembed.model.embedder import Embedder, EmbeddingSpec
+from lmembed.model.loading import ModelNotFoundError, resolve
+
+TEXTS = ["a man is playing a guitar .", "two dogs", "the woman is eating food in the park ."]
+
+
+def _embedder(folder, **kwargs) -> Embedder:
+    return Embedder.from_pretrained(str(folder), dtype="fp32", **kwargs)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_eos_appended_and_pooled_regardless_of_padding_side(tmp_path, arch):
+    """Left and right padding give the same vectors, equal to encoding one at a time."""
+    folder = make_tiny_model(tmp_path / arch, arch, pad_is_eos=arch == "qwen2")
+    embedder = _embedder(folder)
+    ids = embedder.tokenize(TEXTS)
+    assert all(row[-1] == embedder.tokenizer.eos_token_id for row in ids)
+    alone = np.stack([embedder.encode([t])[0] for t in TEXTS])
+    embedder.tokenizer.padding_side = "right"
+    right = embedder.encode(TEXTS, batch_size=3)
+    embedder.tokenizer.padding_side = "left"
+    left = embedder.encode(TEXTS, batch_size=3)
+    np.testing.assert_allclose(right, alone, atol=1e-5)
+    np.testing.assert_allclose(left, alone, atol=1e-5)
+
+
+def test_last_pooling_is_hidden_state_at_eos_when_pad_equals_eos(tmp_path):
+    folder = make_tiny_model(tmp_path / "qwen", "qwen2", pad_is_eos=True)
+    embedder = _embedder(folder)
+    assert embedder.tokenizer.pad_token_id == embedder.tokenizer.eos_token_id
+    batch = embedder.collate(embedder.tokenize(TEXTS))
+    with torch.no_grad():
+        hidden = embedder.model(**batch).last_hidden_state
+        pooled = embedder(batch)
+    for row, ids in enumerate(embedder.tokenize(TEXTS)):
+        position = len(ids) - 1  # right padding: EOS is the last real token
+        assert batch["input_ids"][row, position] == embedder.tokenizer.eos_token_id
+        assert torch.equal(pooled[row], hidden[row, position])
+
+
+def test_truncation_keeps_eos(tiny_llama):
+    embedder = _embedder(tiny_llama, max_length=8)
+    ids = embedder.tokenize(["a very long sentence that is longer than eight tokens"])[0]
+    assert len(ids) == 8
+    assert ids[-1] == embedder.tokenizer.eos_token_id
+
+
+def test_prompt_template_is_applied(tiny_llama):
+    plain = _embedder(tiny_llama)
+    prompted = _embedder(tiny_llama, prompt="{s} is: ")
+    assert prompted.format(["dog"]) == ["dog is: "]
+    assert not np.allclose(plain.encode(["dog"]), prompted.encode(["dog"]))
+
+
+def test_encode_keeps_input_order_and_float32(tiny_llama):
+    embedder = _embedder(tiny_llama)
+    vectors = embedder.encode(TEXTS, batch_size=2)
+    assert vectors.dtype == np.float32 and vectors.shape == (3, 32)
+    np.testing.assert_allclose(vectors[1], embedder.encode([TEXTS[1]])[0], atol=1e-5)
+
+
+def test_mean_pooling_differs_from_last(tiny_llama):
+    last = _embedder(tiny_llama).encode(TEXTS)
+    mean = _embedder(tiny_llama, pooling="mean").encode(TEXTS)
+    assert not np.allclose(last, mean)
+
+
+def test_bad_specs_give_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="must contain"):
+        EmbeddingSpec(model="x", prompt="no placeholder")
+    with pytest.raises(ValueError, match="pooling"):
+        EmbeddingSpec(model="x", pooling="max")
+    with pytest.raises(ModelNotFoundError, match="GGUF file not found"):
+        resolve(str(tmp_path / "missing.gguf"))
+    with pytest.raises(ModelNotFoundError, match="not a packaged alias"):
+        resolve("no-such-model")
+    assert resolve("microsoft/phi-2") == "microsoft/phi-2"

@@ -1,0 +1,169 @@
+"""The training loop on a tiny model: what changes, saving, resuming, failures."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lmembed.model.embedder import Embedder
+from lmembed.model.loading import load_backbone
+from lmembed.model.lora import attach_lora
+from lmembed.training import trainer as trainer_module
+from lmembed.training.config import TrainConfig, config_from_dict, load_config
+from lmembed.training.sampler import batch_indices
+from lmembed.training.trainer import NonFiniteLossError, build_embedder, train
+
+
+def _config(model, data, output, **changes) -> TrainConfig:
+    base = dict(
+        model=str(model),
+        data=str(data),
+        output=str(output),
+        steps=4,
+        batch_size=8,
+        lr=1e-3,
+        warmup=1,
+        dtype="fp32",
+        save_every=2,
+        seed=0,
+    )
+    return TrainConfig(**{**base, **changes})
+
+
+def test_only_lora_parameters_change(tiny_llama, triplets_csv, tmp_path):
+    config = _config(tiny_llama, triplets_csv, tmp_path / "run")
+    before = {k: v.clone() for k, v in build_embedder(config).model.state_dict().items()}
+    captured = {}
+    original = trainer_module.save_adapter
+
+    def spy(embedder, folder):
+        captured["state"] = {k: v.clone() for k, v in embedder.model.state_dict().items()}
+        original(embedder, folder)
+
+    trainer_module.save_adapter = spy
+    try:
+        train(config)
+    finally:
+        trainer_module.save_adapter = original
+    after = captured["state"]
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed, "training changed nothing"
+    assert all("lora_" in k for k in changed), sorted(changed)
+    assert any("lora_B" in k for k in changed)
+
+
+def test_adapter_reload_reproduces_embeddings(tiny_llama, triplets_csv, tmp_path):
+    output = tmp_path / "run"
+    config = _config(tiny_llama, triplets_csv, output, prompt="{s} is: ", pooling="mean")
+    captured = {}
+    original = trainer_module.save_adapter
+
+    def spy(embedder, folder):
+        original(embedder, folder)
+        captured["vectors"] = embedder.encode(["a man is eating .", "the dog"])
+
+    trainer_module.save_adapter = spy
+    try:
+        train(config)
+    finally:
+        trainer_module.save_adapter = original
+    reloaded = Embedder.from_pretrained(adapter=output)
+    assert reloaded.spec.prompt == "{s} is: " and reloaded.spec.pooling == "mean"
+    assert reloaded.spec.model == str(tiny_llama)
+    np.testing.assert_array_equal(
+        reloaded.encode(["a man is eating .", "the dog"]), captured["vectors"]
+    )
+    log = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss"]) for r in log)
+
+
+def test_kill_and_resume_equals_uninterrupted_run(tiny_llama, triplets_csv, tmp_path):
+    straight = _config(tiny_llama, triplets_csv, tmp_path / "straight", steps=5)
+    train(straight)
+
+    interrupted = straight.replace(output=str(tmp_path / "resumed"))
+    original = trainer_module.batch_indices
+
+    def crash_at_step_4(n, batch_size, seed, step):
+        if step == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return original(n, batch_size, seed, step)
+
+    trainer_module.batch_indices = crash_at_step_4
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(interrupted)
+    finally:
+        trainer_module.batch_indices = original
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(interrupted)
+    train(interrupted.replace(resume=True))
+
+    a = load_file(str(tmp_path / "straight" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    log = (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log] == [1, 2, 3, 4, 5]
+
+
+def test_resume_refuses_changed_options(tiny_llama, triplets_csv, tmp_path):
+    config = _config(tiny_llama, triplets_csv, tmp_path / "run", steps=2)
+    train(config)
+    with pytest.raises(ValueError, match="batch_size"):
+        train(config.replace(resume=True, batch_size=4))
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(tiny_llama, triplets_csv, tmp_path):
+    output = tmp_path / "run"
+    config = _config(tiny_llama, triplets_csv, output, steps=4, save_every=1)
+    original = trainer_module.build_loss
+
+    def exploding(*args):
+        loss = original(*args)
+        calls = {"n": 0}
+
+        def forward(q, p, n=None):
+            calls["n"] += 1
+            value = loss(q, p, n)
+            return value * float("nan") if calls["n"] == 3 else value
+
+        return forward
+
+    trainer_module.build_loss = exploding
+    try:
+        with pytest.raises(NonFiniteLossError, match="step 3"):
+            train(config)
+    finally:
+        trainer_module.build_loss = original
+    state = json.loads((output / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 2
+
+
+def test_unknown_lora_target_lists_linear_modules(tiny_llama):
+    backbone, _ = load_backbone(str(tiny_llama), "fp32")
+    with pytest.raises(ValueError, match="its linear modules are: .*q_proj"):
+        attach_lora(backbone, targets=["query_key_value"])
+
+
+def test_config_yaml_with_flag_overrides(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("model: gemma-3-270m\nlr: 5.0e-4\nsteps: 10\nlora_targets: [q_proj]\n")
+    config = load_config(path, lr=1e-3, batch_size=None)
+    assert config.lr == 1e-3 and config.steps == 10 and config.batch_size == 32
+    assert config.lora_targets == ["q_proj"]
+    with pytest.raises(ValueError, match="unknown option.*learning_rate"):
+        config_from_dict({"learning_rate": 1e-4})
+    with pytest.raises(ValueError, match="pooling"):
+        TrainConfig(pooling="max")
+
+
+def test_sampler_covers_each_triplet_once_per_epoch():
+    seen = [i for step in range(4) for i in batch_indices(30, 8, seed=3, step=step)]
+    assert sorted(seen) == list(range(30))
+    assert batch_indices(30, 8, 3, 4) != batch_indices(30, 8, 3, 0)
+    assert batch_indices(30, 8, 3, 5) == batch_indices(30, 8, 3, 5)

@@ -151,7 +151,7 @@ def _chart(
     ax.set_ylabel("Spearman x100")
     ax.set_ylim(min(0.0, *ax.get_ylim()), 100)
     ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     buffer = io.BytesIO()

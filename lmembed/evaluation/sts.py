@@ -61,7 +61,8 @@ def score_task(
     for sentence in chain(task.sentences1, task.sentences2):
         rows.setdefault(sentence, len(rows))
     texts = list(rows)
-    vectors = np.asarray(
+    # A float64 copy: normalised in place below without touching the encoder's array.
+    vectors = np.array(
         encoder.encode(texts, batch_size=batch_size, show_progress=show_progress),
         dtype=np.float64,
     )

@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy.stats import pearsonr, spearmanr
+
+from lmembed.data.sts import STSTask
+from lmembed.evaluation import (
+    compare,
+    evaluate,
+    load_results,
+    save_results,
+    score_task,
+    to_markdown,
+)
+
+
+@dataclass
+class Spec:
+    model: str
+    adapter: str | None = None
+    prompt: str | None = None
+    pooling: str = "mean"
+    max_length: int = 128
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+SENTENCES = ["a cat", "a dog", "the sun", "a kitten", "the moon", "rain"]
+
+
+class HashEncoder:
+    """Deterministic random vectors per text; counts what it was asked to encode."""
+
+    def __init__(self, spec: Spec | None = None, dim: int = 8) -> None:
+        self.spec = spec or Spec(model="hash")
+        self.dim = dim
+        self.calls: list[list[str]] = []
+
+    def vector(self, text: str) -> np.ndarray:
+        seed = int.from_bytes(text.encode()[:8].ljust(8, b"\0"), "little") + len(text)
+        return np.random.default_rng(seed).normal(size=self.dim).astype(np.float32) * 3
+
+    def encode(self, texts: list[str], batch_size: int = 32, show_progress: bool = True):
+        self.calls.append(list(texts))
+        return np.stack([self.vector(t) for t in texts])
+
+
+def _task() -> STSTask:
+    """15 distinct pairs (no tied cosines) over 6 sentences, each used several times."""
+    s1, s2 = map(list, zip(*itertools.combinations(SENTENCES, 2), strict=True))
+    scores = np.random.default_rng(0).uniform(0, 5, len(s1))
+    return STSTask("stsb", s1, s2, scores, Path("x.tsv"))
+
+
+def test_score_task_matches_scipy_and_encodes_each_sentence_once() -> None:
+    encoder, task = HashEncoder(), _task()
+    score = score_task(encoder, task)
+    assert len(encoder.calls) == 1 and sorted(encoder.calls[0]) == sorted(set(SENTENCES))
+    a = np.stack([encoder.vector(s) for s in task.sentences1]).astype(np.float64)
+    b = np.stack([encoder.vector(s) for s in task.sentences2]).astype(np.float64)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert score.pairs == 15
+    assert score.spearman == pytest.approx(spearmanr(task.scores, cos).statistic * 100)
+    assert score.pearson == pytest.approx(pearsonr(task.scores, cos).statistic * 100)
+
+
+def test_score_task_rejects_bad_embeddings() -> None:
+    class Broken(HashEncoder):
+        def __init__(self, result: np.ndarray) -> None:
+            super().__init__()
+            self.result = result
+
+        def encode(self, texts, batch_size=32, show_progress=True):
+            return self.result
+
+    with pytest.raises(ValueError, match="shape"):
+        score_task(Broken(np.zeros((2, 4))), _task())
+    with pytest.raises(ValueError, match="NaN"):
+        score_task(Broken(np.full((6, 4), np.nan)), _task())
+
+
+def _data_dir(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(1)
+    for filename in ("sts/stsb_test.tsv", "sts/biosses.tsv"):
+        lines = ["sentence1\tsentence2\tscore"] + [
+            f"{SENTENCES[i % 6]}\t{SENTENCES[(i * 5 + 1) % 6]}\t{rng.uniform(0, 5):.2f}"
+            for i in range(20)
+        ]
+        path = tmp_path / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n")
+    return tmp_path
+
+
+def test_evaluate_result_shape(tmp_path: Path, caplog) -> None:
+    with caplog.at_level(logging.ERROR):  # row counts differ from the canonical ones
+        result = evaluate(HashEncoder(), "stsb,biosses", _data_dir(tmp_path), progress=False)
+    assert list(result) == [
+        "model", "adapter", "prompt", "pooling", "max_length", "dtype",
+        "tasks", "average", "lmembed_version", "elapsed_s",
+    ]  # fmt: skip
+    assert list(result["tasks"]) == ["stsb", "biosses"]
+    assert set(result["tasks"]["stsb"]) == {"spearman", "pearson", "pairs"}
+    assert result["tasks"]["stsb"]["pairs"] == 20
+    mean = np.mean([t["spearman"] for t in result["tasks"].values()])
+    assert result["average"]["spearman"] == pytest.approx(mean)
+    assert json.loads(json.dumps(result)) == result
+
+    path = save_results(result, tmp_path / "out" / "result.json")
+    assert load_results(path) == result
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="bad.json: not an lmembed STS result"):
+        load_results(tmp_path / "bad.json")
+
+
+def test_base_model_scores_are_cached(tmp_path: Path) -> None:
+    data_dir = _data_dir(tmp_path)
+    first = HashEncoder()
+    result = evaluate(first, "stsb,biosses", data_dir, progress=False)
+    again = HashEncoder()
+    assert evaluate(again, "biosses,stsb", data_dir, progress=False)["tasks"] == result["tasks"]
+    assert again.calls == []
+
+    (data_dir / "sts/biosses.tsv").write_text("sentence1\tsentence2\tscore\na\tb\t1\nc\td\t2\n")
+    changed = HashEncoder()
+    evaluate(changed, "stsb,biosses", data_dir, progress=False)
+    assert len(changed.calls) == 1  # only the task whose file changed is re-scored
+
+    other = HashEncoder(Spec(model="hash", prompt="query: "))
+    evaluate(other, "stsb", data_dir, progress=False)
+    assert len(other.calls) == 1
+
+
+def test_adapters_are_not_cached_unless_asked(tmp_path: Path) -> None:
+    data_dir = _data_dir(tmp_path)
+    spec = Spec(model="hash", adapter=str(tmp_path / "adapter"))
+    for _ in range(2):
+        encoder = HashEncoder(spec)
+        evaluate(encoder, "stsb", data_dir, progress=False)
+        assert len(encoder.calls) == 1
+    evaluate(HashEncoder(spec), "stsb", data_dir, progress=False, cache=True)
+    cached = HashEncoder(spec)
+    evaluate(cached, "stsb", data_dir, progress=False, cache=True)
+    assert cached.calls == []
+
+
+def _result(model: str, scores: dict[str, float], adapter: str | None = None) -> dict:
+    return {
+        "model": model, "adapter": adapter, "prompt": None, "pooling": "mean",
+        "tasks": {n: {"spearman": s, "pearson": s - 1, "pairs": 10} for n, s in scores.items()},
+        "average": {"spearman": float(np.mean(list(scores.values()))), "pearson": 0.0},
+    }  # fmt: skip
+
+
+def test_compare_and_markdown() -> None:
+    base = _result("Qwen/Qwen2-0.5B", {"stsb": 50.0, "biosses": 60.0, "sts12": 40.0})
+    tuned = _result("Qwen/Qwen2-0.5B", {"stsb": 80.5, "biosses": 70.25}, adapter="runs/a")
+    table = compare(base, tuned)
+    assert "| stsb | 50.00 | 80.50 | +30.50 |" in table
+    assert "| sts12 | 40.00 | – | – |" in table
+    assert "| **average** (2 tasks) | 55.00 | 75.38 | +20.38 |" in table
+    assert "adapter runs/a" in table
+    text = to_markdown(tuned)
+    assert "| stsb | 80.50 | 79.50 | 10 |" in text and "**average**" in text

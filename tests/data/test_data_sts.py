@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _shared_data import shared_data_dir as find_shared_data
 
 from lmembed.data import (
     ALL_TASKS,
@@ -17,6 +18,11 @@ from lmembed.data import (
 )
 
 HEADER = "sentence1\tsentence2\tscore\n"
+
+
+@pytest.fixture(scope="module")
+def shared_data_dir() -> Path:
+    return find_shared_data()
 
 
 def _data_dir(tmp_path: Path, text: str, filename: str = "sts/stsb_test.tsv") -> Path:

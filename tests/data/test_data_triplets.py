@@ -183,3 +183,22 @@ def test_shared_snli_file(shared_data_dir: Path) -> None:
     triplets = load_triplets(shared_data_dir / "nli" / "snli_devtest_triplets_tok.csv.gz")
     assert len(triplets) == 5864
     assert triplets[0][0] == "Two women are embracing while holding to go packages . "
+
+
+def test_hub_source_uses_simcse_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+
+    def fake_rows(source):
+        seen.append(source)
+        return [
+            {"sent0": "a", "sent1": "b", "hard_neg": "c"},
+            {"sent0": "d", "sent1": "", "hard_neg": "f"},
+        ]
+
+    monkeypatch.setattr("lmembed.data.triplets.load_hub_rows", fake_rows)
+    assert load_triplets("princeton-nlp/datasets-for-simcse", limit=1)[0] == ("a", "b", "c")
+    assert seen[0].data_files == "nli_for_simcse.csv" and seen[0].split == "train"
+    with pytest.raises(
+        DataError, match="princeton-nlp/datasets-for-simcse, row 2, column 'sent1': empty"
+    ):
+        load_triplets("princeton-nlp/datasets-for-simcse")

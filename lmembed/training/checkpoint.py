@@ -1,7 +1,9 @@
 """Exact, atomic checkpoints: LoRA weights, optimizer, scheduler, RNG states, step.
 
 The data order is a pure function of (seed, step), so the step number is the
-data position; restoring the RNG states replays dropout exactly.
+data position; restoring the RNG states replays dropout exactly. A
+multi-process run stores every rank's RNG states and its world size, and only
+resumes with the same world size (the shards, hence dropout, depend on it).
 """
 
 from __future__ import annotations
@@ -21,7 +23,17 @@ from lmembed.io import atomic_directory, atomic_write_json
 STATE_FILE = "trainer_state.json"
 # Options that change what a step computes; resuming with different values would
 # silently train a different run.
-RESUME_MUST_MATCH = ("model", "data", "limit", "batch_size", "seed", "steps", "epochs", "lr")
+RESUME_MUST_MATCH = (
+    "model",
+    "data",
+    "limit",
+    "batch_size",
+    "mini_batch_size",
+    "seed",
+    "steps",
+    "epochs",
+    "lr",
+)
 
 
 def rng_states() -> dict[str, Any]:
@@ -48,8 +60,13 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     step: int,
     config: dict[str, Any],
+    rng_per_rank: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Write everything needed to continue at ``step``; replaces the old checkpoint whole."""
+    """Write everything needed to continue at ``step``; replaces the old checkpoint whole.
+
+    ``rng_per_rank`` holds every rank's ``rng_states()`` (default: this process's).
+    """
+    rng_per_rank = rng_per_rank or [rng_states()]
     with atomic_directory(folder) as tmp:
         tensors = {k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()}
         save_file(tensors, str(tmp / "adapter.safetensors"))
@@ -57,11 +74,14 @@ def save_checkpoint(
             {
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "rng": rng_states(),
+                "rng": rng_per_rank,
             },
             tmp / "training.pt",
         )
-        atomic_write_json(tmp / STATE_FILE, {"step": step, "config": config})
+        atomic_write_json(
+            tmp / STATE_FILE,
+            {"step": step, "world_size": len(rng_per_rank), "config": config},
+        )
 
 
 def load_checkpoint(
@@ -70,10 +90,19 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     config: dict[str, Any],
+    rank: int = 0,
+    world_size: int = 1,
 ) -> int:
-    """Restore a checkpoint into live objects; return the step to continue from."""
+    """Restore a checkpoint into live objects (RNG: ``rank``'s); return the step to continue."""
     folder = Path(folder)
     state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+    saved_world = state.get("world_size", 1)
+    if saved_world != world_size:
+        raise ValueError(
+            f"cannot resume {folder}: it was written by {saved_world} process(es) and this run "
+            f"has {world_size}; resume with `torchrun --nproc_per_node {saved_world}` "
+            f"(or a plain run if 1), since the data shards and dropout streams depend on it"
+        )
     changed = [k for k in RESUME_MUST_MATCH if state["config"].get(k) != config.get(k)]
     if changed:
         details = ", ".join(
@@ -86,7 +115,7 @@ def load_checkpoint(
     training = torch.load(folder / "training.pt", weights_only=False)
     optimizer.load_state_dict(training["optimizer"])
     scheduler.load_state_dict(training["scheduler"])
-    set_rng_states(training["rng"])
+    set_rng_states(training["rng"][rank])
     return int(state["step"])
 
 

@@ -32,7 +32,9 @@ class TrainConfig:
     epochs: float | None = option(None, "train for this many passes over the data instead")
     batch_size: int = option(32, "triplets per optimizer step (global batch)")
     mini_batch_size: int | None = option(
-        None, "GradCache chunk size: encode the batch in chunks of this many triplets"
+        None,
+        "GradCache: embed at most this many texts per forward pass and hold only one chunk's "
+        "graph (same gradients as the full batch, a second forward pass of cost)",
     )
     lr: float = option(5e-5, "peak learning rate (AdamW)")
     warmup: int = option(100, "linear warmup steps before cosine decay")
@@ -69,6 +71,11 @@ class TrainConfig:
             raise ValueError("give steps or epochs")
         if self.batch_size < 2:
             raise ValueError("batch_size must be at least 2 for in-batch negatives")
+        if self.mini_batch_size is not None and self.mini_batch_size < 1:
+            raise ValueError(
+                f"mini_batch_size must be at least 1 (or unset to disable GradCache), "
+                f"got {self.mini_batch_size}"
+            )
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)

@@ -7,6 +7,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,19 @@ from lmembed.losses import build_loss
 from lmembed.model.embedder import Embedder, EmbeddingSpec
 from lmembed.model.loading import load_backbone
 from lmembed.model.lora import attach_lora, save_adapter
-from lmembed.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from lmembed.training.checkpoint import has_checkpoint, load_checkpoint
 from lmembed.training.config import TrainConfig
+from lmembed.training.distributed import (
+    Distributed,
+    average_gradients,
+    check_sharding,
+    global_batch_loss,
+    mean_across,
+    process_group,
+    save_checkpoint_on_main,
+    seed_dropout,
+)
+from lmembed.training.gradcache import grad_cache_backward
 from lmembed.training.sampler import batch_indices, steps_per_epoch
 
 logger = logging.getLogger("lmembed")
@@ -77,14 +89,33 @@ def triplet_batch(data: Triplets, indices: list[int]) -> tuple[list[str], list[s
     )
 
 
-def embed_triplets(
-    embedder: Embedder, anchors: list[str], positives: list[str], negatives: list[str] | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """One length-sorted pass over all texts of the batch, split back into roles."""
+def forward_backward(
+    embedder: Embedder,
+    loss_fn: Callable[..., torch.Tensor],
+    batch: tuple[list[str], list[str], list[str] | None],
+    ctx: Distributed,
+    sizes: list[int],
+    mini_batch_size: int | None = None,
+) -> torch.Tensor:
+    """Embed this rank's triplets, score them against the global batch, backpropagate.
+
+    All texts go through one length-sorted pass and are split back into roles.
+    With ``mini_batch_size`` the pass runs as GradCache. Returns this rank's
+    (detached) objective; see ``distributed.global_batch_loss``.
+    """
+    anchors, positives, negatives = batch
     texts = anchors + positives + (negatives or [])
-    vectors = embedder.embed(texts, chunk_size=len(anchors))
     n = len(anchors)
-    return vectors[:n], vectors[n : 2 * n], (vectors[2 * n :] if negatives else None)
+
+    def objective(vectors: torch.Tensor) -> torch.Tensor:
+        hard = vectors[2 * n :] if negatives else None
+        return global_batch_loss(loss_fn, vectors[:n], vectors[n : 2 * n], hard, ctx, sizes)
+
+    if mini_batch_size:
+        return grad_cache_backward(embedder, texts, objective, mini_batch_size)
+    loss = objective(embedder.embed(texts, chunk_size=n))
+    loss.backward()
+    return loss.detach()
 
 
 class MetricsLog:
@@ -103,7 +134,16 @@ class MetricsLog:
 
 
 def train(config: TrainConfig, data: Triplets | None = None) -> TrainResult:
-    """Fine-tune ``config.model`` on NLI triplets; the adapter lands in ``config.output``."""
+    """Fine-tune ``config.model`` on NLI triplets; the adapter lands in ``config.output``.
+
+    Under ``torchrun`` every process trains on its shard of each global batch
+    against the negatives of all processes; rank 0 alone logs and writes.
+    """
+    with process_group() as ctx:
+        return _train(config, data, ctx)
+
+
+def _train(config: TrainConfig, data: Triplets | None, ctx: Distributed) -> TrainResult:
     if not config.output:
         raise ValueError("give an output folder (--output)")
     output = Path(config.output)
@@ -116,9 +156,11 @@ def train(config: TrainConfig, data: Triplets | None = None) -> TrainResult:
     output.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
     data = data if data is not None else load_triplets(config.data, limit=config.limit)
-    embedder = build_embedder(config)
+    embedder = build_embedder(config).to(ctx.device)
+    seed_dropout(config.seed, ctx)
     loss_fn = build_loss(config.loss, config.temperature, config.hard_negatives, config.margin)
     n_steps = total_steps(config, len(data))
+    check_sharding(config.batch_size, len(data), n_steps, ctx.world_size)
     trainable = [p for p in embedder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(config.warmup, n_steps), n_steps)
@@ -126,31 +168,46 @@ def train(config: TrainConfig, data: Triplets | None = None) -> TrainResult:
     start = 0
     if config.resume and has_checkpoint(checkpoint_dir):
         start = load_checkpoint(
-            checkpoint_dir, embedder.model, optimizer, scheduler, config.to_dict()
+            checkpoint_dir,
+            embedder.model,
+            optimizer,
+            scheduler,
+            config.to_dict(),
+            ctx.rank,
+            ctx.world_size,
         )
         logger.info("resuming %s at step %d", output, start)
-    atomic_write_text(output / "train_config.json", json.dumps(config.to_dict(), indent=2) + "\n")
-    log = MetricsLog(output / "log.jsonl", keep_until_step=start)
+    log = None
+    if ctx.is_main:
+        text = json.dumps(config.to_dict(), indent=2) + "\n"
+        atomic_write_text(output / "train_config.json", text)
+        log = MetricsLog(output / "log.jsonl", keep_until_step=start)
 
     embedder.train()
     loss_value = float("nan")
     began = time.perf_counter()
-    bar = tqdm(range(start, n_steps), initial=start, total=n_steps, desc="train", unit="step")
+    bar = tqdm(
+        range(start, n_steps),
+        initial=start,
+        total=n_steps,
+        desc="train",
+        unit="step",
+        disable=not ctx.is_main,
+    )
     for step in bar:
         tick = time.perf_counter()
         indices = batch_indices(len(data), config.batch_size, config.seed, step)
-        anchors, positives, negatives = triplet_batch(data, indices)
-        q, p, n = embed_triplets(
-            embedder, anchors, positives, negatives if config.hard_negatives else None
-        )
-        loss = loss_fn(q, p, n)
-        loss_value = loss.item()
+        local, sizes = ctx.shard(indices)
+        anchors, positives, negatives = triplet_batch(data, local)
+        batch = (anchors, positives, negatives if config.hard_negatives else None)
+        loss = forward_backward(embedder, loss_fn, batch, ctx, sizes, config.mini_batch_size)
+        loss_value = mean_across(loss, ctx)
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(
                 f"loss is {loss_value} at step {step + 1}; stopped. The last checkpoint in "
                 f"{checkpoint_dir} is intact: lower --lr or check the data, then --resume."
             )
-        loss.backward()
+        average_gradients(trainable, ctx)
         if config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         optimizer.step()
@@ -161,12 +218,16 @@ def train(config: TrainConfig, data: Triplets | None = None) -> TrainResult:
         rate = len(indices) / (time.perf_counter() - tick)
         lr = scheduler.get_last_lr()[0]
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", triplets_s=f"{rate:.1f}")
-        log.write({"step": done, "loss": loss_value, "lr": lr, "triplets_per_s": rate})
+        if log is not None:
+            log.write({"step": done, "loss": loss_value, "lr": lr, "triplets_per_s": rate})
         if config.save_every and done % config.save_every == 0 and done < n_steps:
-            save_checkpoint(
-                checkpoint_dir, embedder.model, optimizer, scheduler, done, config.to_dict()
+            save_checkpoint_on_main(
+                checkpoint_dir, embedder.model, optimizer, scheduler, done, config.to_dict(), ctx
             )
 
-    save_adapter(embedder, output)
-    save_checkpoint(checkpoint_dir, embedder.model, optimizer, scheduler, n_steps, config.to_dict())
+    if ctx.is_main:
+        save_adapter(embedder, output)
+    save_checkpoint_on_main(
+        checkpoint_dir, embedder.model, optimizer, scheduler, n_steps, config.to_dict(), ctx
+    )
     return TrainResult(output, n_steps, loss_value, time.perf_counter() - began)

@@ -1,0 +1,222 @@
+"""Multi-process data parallelism under ``torchrun``: global negatives, one writer.
+
+Every rank holds the same LoRA weights and reads the same global batch from the
+sampler, embeds its contiguous shard, and all-gathers the positives and hard
+negatives *with gradient*, so each anchor is scored against the whole global
+batch. Anchors stay local: they are never candidates in the loss.
+
+Gradients. Let ``L`` be the full-batch loss (mean over all ``B`` anchors) and
+rank ``r`` hold ``n_r`` anchors with local mean loss ``L_r``. Each rank
+backpropagates ``O_r = W * n_r / B * L_r``; the gather's backward sums, for every
+row, the gradients of all ranks' objectives (``sum_r O_r = W * L``), and
+``average_gradients`` then divides the summed parameter gradients by ``W``
+(DDP's convention). The result is exactly the single-process gradient ``dL/dθ``,
+and ``mean_r O_r`` is ``L`` itself, which is what gets logged.
+
+We all-reduce the LoRA gradients ourselves instead of wrapping the model in
+DDP: only a few hundred thousand parameters train, GradCache runs several
+forward passes per step (DDP would need ``no_sync`` juggling), and one flat
+all-reduce per step is all DDP would do here anyway.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from lmembed.training.checkpoint import rng_states, save_checkpoint
+from lmembed.training.sampler import shard_sizes, steps_per_epoch
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Where this process sits in the job; a single process is rank 0 of 1."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone logs and writes files."""
+        return self.rank == 0
+
+    def shard(self, indices: list[int]) -> tuple[list[int], list[int]]:
+        """This rank's contiguous part of a global batch, and every rank's part size."""
+        sizes = shard_sizes(len(indices), self.world_size)
+        start = sum(sizes[: self.rank])
+        return indices[start : start + sizes[self.rank]], sizes
+
+
+@contextmanager
+def process_group() -> Iterator[Distributed]:
+    """Join the job torchrun describes in the environment (gloo on CPU, NCCL on GPU).
+
+    Reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``.
+    A group that is already initialised (a caller's) is used and left open; one
+    created here is destroyed on exit.
+    """
+    cuda = torch.cuda.is_available()
+    owned = False
+    if dist.is_available() and dist.is_initialized():
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    else:
+        rank = int(os.environ.get("RANK", "0"))
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = torch.device("cpu")
+    if cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        owned = True
+    try:
+        yield Distributed(rank, world_size, device)
+    finally:
+        if owned:
+            dist.destroy_process_group()
+
+
+def check_sharding(batch_size: int, n_examples: int, n_steps: int, world_size: int) -> None:
+    """Fail before training when some batch could not give every rank a triplet."""
+    if world_size == 1:
+        return
+    if batch_size % world_size:
+        raise ValueError(
+            f"--batch-size {batch_size} is the global batch and must split evenly over the "
+            f"{world_size} processes; use a multiple of {world_size}"
+        )
+    per_epoch = steps_per_epoch(n_examples, batch_size)
+    tail = n_examples - (per_epoch - 1) * batch_size
+    if n_steps >= per_epoch and tail < world_size:
+        raise ValueError(
+            f"the last batch of each epoch holds {tail} triplet(s) ({n_examples} triplets, "
+            f"--batch-size {batch_size}), fewer than the {world_size} processes; change "
+            "--batch-size or --limit so that every process gets at least one"
+        )
+
+
+def seed_dropout(seed: int, ctx: Distributed) -> None:
+    """Give ranks > 0 their own dropout stream (seed + rank).
+
+    Called after the LoRA weights are built from the shared seed, so weights
+    agree everywhere; rank 0 keeps the stream a single-process run would use.
+    """
+    if ctx.rank > 0:
+        torch.manual_seed(seed + ctx.rank)
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather along dim 0 (ranks may hold different row counts).
+
+    Backward all-reduces the full gradient and returns this rank its own rows:
+    the sum of every rank's loss gradient with respect to them. Only all_gather
+    and all_reduce are used, which gloo and NCCL both implement.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, local: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+        ctx.sizes, ctx.rank = list(sizes), dist.get_rank()
+        padded = local.new_zeros((max(sizes), *local.shape[1:]))
+        padded[: local.shape[0]] = local
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
+        return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        start = sum(ctx.sizes[: ctx.rank])
+        return grad[start : start + ctx.sizes[ctx.rank]], None
+
+
+def gather_rows(local: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """Every rank's rows, in rank order, with gradient flowing back to their owners."""
+    return _GatherRows.apply(local, sizes)
+
+
+LossFn = Callable[..., torch.Tensor]
+
+
+def global_batch_loss(
+    loss_fn: LossFn,
+    anchors: torch.Tensor,
+    positives: torch.Tensor,
+    negatives: torch.Tensor | None,
+    ctx: Distributed,
+    sizes: Sequence[int],
+) -> torch.Tensor:
+    """This rank's objective ``O_r``: its anchors scored against the global batch.
+
+    See the module docstring: averaging ``O_r`` over ranks gives the full-batch
+    loss, and averaging the gradients gives the full-batch gradient.
+    """
+    if ctx.world_size == 1:
+        return loss_fn(anchors, positives, negatives)
+    candidates = gather_rows(positives, sizes)
+    hard = gather_rows(negatives, sizes) if negatives is not None else None
+    offset = sum(sizes[: ctx.rank])
+    local = loss_fn(anchors, candidates, hard, positive_offset=offset)
+    return local * (ctx.world_size * sizes[ctx.rank] / sum(sizes))
+
+
+def mean_across(value: torch.Tensor, ctx: Distributed) -> float:
+    """Mean of a scalar over ranks (the same number on every rank)."""
+    if ctx.world_size == 1:
+        return value.item()
+    total = value.detach().float().reshape(1).to(ctx.device)
+    dist.all_reduce(total)
+    return total.item() / ctx.world_size
+
+
+def average_gradients(params: Sequence[torch.nn.Parameter], ctx: Distributed) -> None:
+    """Replace each gradient by its mean over ranks, in one flat all-reduce."""
+    if ctx.world_size == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= ctx.world_size
+    for param, grad in zip(params, flat.split([p.numel() for p in params]), strict=True):
+        param.grad = grad.view_as(param)
+
+
+def gather_objects(obj: Any, ctx: Distributed) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+    if ctx.world_size == 1:
+        return [obj]
+    objects: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(objects, obj)
+    return objects
+
+
+def barrier(ctx: Distributed) -> None:
+    if ctx.world_size > 1:
+        dist.barrier()
+
+
+def save_checkpoint_on_main(
+    folder: str | os.PathLike,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    step: int,
+    config: dict[str, Any],
+    ctx: Distributed,
+) -> None:
+    """Rank 0 writes the checkpoint with every rank's RNG states; the others wait for it.
+
+    Weights and optimizer state are identical on all ranks (gradients are
+    averaged), so one copy suffices; dropout streams are per rank.
+    """
+    rng_per_rank = gather_objects(rng_states(), ctx)
+    if ctx.is_main:
+        save_checkpoint(folder, model, optimizer, scheduler, step, config, rng_per_rank)
+    barrier(ctx)

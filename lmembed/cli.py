@@ -135,6 +135,23 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"report: {report}")
 
 
+def cmd_ablate(args: argparse.Namespace) -> None:
+    import shlex
+
+    from lmembed.experiments.ablate import run_ablation
+
+    report = run_ablation(
+        args.config,
+        args.output,
+        model=args.model,
+        tasks=args.tasks,
+        data_dir=args.data_dir,
+        retry_failed=args.retry_failed,
+        command=shlex.join(["lmembed", *sys.argv[1:]]),
+    )
+    print(f"report: {report}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmembed", description="Contrastive fine-tuning of small LMs into text embedders."
@@ -180,6 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--full", action="store_true", help="evaluate all nine STS tasks")
     demo.add_argument("--model", default="gemma-3-270m")
     demo.set_defaults(run=cmd_demo)
+
+    ablate = commands.add_parser("ablate", help="train and score a sweep of training options")
+    ablate.add_argument("--config", required=True, help="sweep YAML, e.g. ablations/paper.yaml")
+    ablate.add_argument("--output", required=True, help="sweep folder (rerun to resume)")
+    ablate.add_argument("--model", help="override the sweep's model")
+    ablate.add_argument("--tasks", help="override the sweep's STS tasks: all, quick or a list")
+    ablate.add_argument("--data-dir", help="STS data folder (default: $LMEMBED_DATA_DIR)")
+    ablate.add_argument("--retry-failed", action="store_true", help="rerun runs that failed")
+    ablate.set_defaults(run=cmd_ablate)
     return parser
 
 

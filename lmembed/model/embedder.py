@@ -95,9 +95,12 @@ class Embedder(torch.nn.Module):
         """Load a model, optionally with a trained adapter.
 
         With ``adapter``, every option left as ``None`` (the model too) is restored
-        from the adapter's saved spec, so the training-time function comes back.
+        from the adapter's saved spec, so the training-time function comes back. A
+        model folder with its own ``lmembed.json`` (``lmembed export --format merged``)
+        restores its options the same way.
         """
-        saved = EmbeddingSpec.load(adapter).to_dict() if adapter is not None else {}
+        spec_folder = adapter if adapter is not None else _folder_with_spec(model)
+        saved = EmbeddingSpec.load(spec_folder).to_dict() if spec_folder is not None else {}
         model = model or saved.get("model")
         if model is None:
             raise ValueError("give a model, or an adapter folder that records one")
@@ -188,6 +191,11 @@ class Embedder(torch.nn.Module):
     @property
     def dimension(self) -> int:
         return self.model.config.hidden_size
+
+
+def _folder_with_spec(model: str | None) -> Path | None:
+    """``model`` when it is a local folder carrying ``lmembed.json`` (a merged export)."""
+    return Path(model) if model and (Path(model) / SPEC_FILE).is_file() else None
 
 
 def _eos_to_append(tokenizer: PreTrainedTokenizerBase) -> int | None:

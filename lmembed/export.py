@@ -1,0 +1,295 @@
+"""Export a trained embedder for other tools: sentence-transformers, merged weights, adapter.
+
+* ``sentence-transformers``: a folder that ``SentenceTransformer(path)`` loads with no
+  lmembed installed. LoRA is merged into the weights. lmembed's embedding recipe is
+  carried by the tokenizer and sentence-transformers' own config: the tokenizer's
+  post-processor appends EOS (and truncation reserves its slot, as ``Embedder.tokenize``
+  does), the part of the prompt template before ``{s}`` becomes the sentence-transformers
+  prompt, and the part after ``{s}`` is inserted by a tokenizer normalizer (prompts in
+  sentence-transformers are prefixes only). Pooling is ``lasttoken`` or ``mean``.
+* ``merged``: a plain transformers folder (safetensors, LoRA merged) plus ``lmembed.json``,
+  so ``Embedder.from_pretrained(path)`` restores the same embedding function.
+* ``adapter``: the adapter files alone (peft weights, its config and ``lmembed.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from lmembed.io import atomic_directory, atomic_write_json, atomic_write_text
+from lmembed.model.embedder import SPEC_FILE, Embedder, EmbeddingSpec
+from lmembed.model.loading import DTYPES
+from lmembed.model.lora import merge_lora
+
+logger = logging.getLogger("lmembed")
+
+FORMATS = ("sentence-transformers", "merged", "adapter")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", SPEC_FILE)
+ST_POOLING = {"last": "lasttoken", "mean": "mean"}
+ST_TRANSFORMER = "sentence_transformers.base.modules.transformer.Transformer"
+ST_POOLING_MODULE = "sentence_transformers.sentence_transformer.modules.pooling.Pooling"
+# The prompt name used for every encode call (encode, encode_query, encode_document):
+# lmembed's embedding function is symmetric.
+ST_PROMPT_NAMES = ("query", "document")
+
+
+class ExportError(ValueError):
+    """The model cannot be represented in the requested format."""
+
+
+def export(
+    output: str | Path,
+    model: str | None = None,
+    adapter: str | Path | None = None,
+    format: str = "sentence-transformers",
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``model`` (+ ``adapter``) to ``output`` in ``format``; returns the folder.
+
+    ``dtype`` is the dtype of the saved weights (default: the adapter's training dtype);
+    LoRA is merged in fp32 first so the cast rounds once. An existing non-empty
+    ``output`` is replaced only with ``overwrite`` (it could be the training run itself).
+    """
+    if format not in FORMATS:
+        raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if dtype is not None and dtype not in DTYPES:
+        raise ExportError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    output = Path(output)
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise FileExistsError(f"{output} exists and is not empty; pass --overwrite to replace it")
+    saved = EmbeddingSpec.load(adapter) if adapter is not None else None
+    if format == "adapter":
+        return _copy_adapter(adapter, model, output)
+    if format == "sentence-transformers" and saved is not None:
+        split_prompt(saved.prompt)  # fail before loading the model
+    saved_dtype = dtype or (saved.dtype if saved else "bf16")
+    embedder = Embedder.from_pretrained(
+        model, adapter=adapter, dtype="fp32", trust_remote_code=trust_remote_code
+    )
+    merge_lora(embedder)
+    embedder.model.to(DTYPES[saved_dtype])
+    embedder.spec = dataclasses.replace(embedder.spec, dtype=saved_dtype)
+    if format == "merged":
+        return _write_merged(embedder, output)
+    return _write_sentence_transformers(embedder, output)
+
+
+def _copy_adapter(adapter: str | Path | None, model: str | None, output: Path) -> Path:
+    """The adapter's own files (not a run's checkpoint/ and logs); ``model`` re-points it."""
+    if adapter is None:
+        raise ExportError(
+            "--format adapter needs --adapter DIR (a folder written by lmembed train)"
+        )
+    source = Path(adapter)
+    files = [source / name for name in ADAPTER_FILES if (source / name).is_file()]
+    if not any(f.name.startswith("adapter_model") for f in files):
+        raise ExportError(f"{source} has no adapter_model.safetensors: not a trained adapter")
+    with atomic_directory(output) as tmp:
+        for path in files:
+            shutil.copy2(path, tmp / path.name)
+        if model is not None:
+            dataclasses.replace(EmbeddingSpec.load(source), model=model).save(tmp)
+    return output
+
+
+def _write_merged(embedder: Embedder, output: Path) -> Path:
+    """Transformers folder + the spec; the spec's ``model`` is the folder itself."""
+    source = {"model": embedder.spec.model, "adapter": embedder.spec.adapter}
+    spec = dataclasses.replace(embedder.spec, model=str(output.resolve()), adapter=None)
+    with atomic_directory(output) as tmp:
+        embedder.model.save_pretrained(tmp)
+        embedder.tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / SPEC_FILE, {**spec.to_dict(), "merged_from": source})
+    return output
+
+
+def split_prompt(template: str | None) -> tuple[str, str]:
+    """``"query: {s} is: "`` -> ``("query: ", " is: ")``; one ``{s}`` only."""
+    if template is None:
+        return "", ""
+    parts = template.split("{s}")
+    if len(parts) != 2:
+        raise ExportError(
+            f"prompt template {template!r} uses {{s}} {len(parts) - 1} times; the "
+            "sentence-transformers export can represent one {s} (a prefix and a suffix)"
+        )
+    return parts[0], parts[1]
+
+
+def _write_sentence_transformers(embedder: Embedder, output: Path) -> Path:
+    """Merged weights, the rewritten tokenizer and sentence-transformers' configs.
+
+    No ``lmembed.json`` here: ``Embedder`` would apply the prompt suffix and EOS a
+    second time on top of the tokenizer's. Export ``merged`` for lmembed itself.
+    """
+    spec = embedder.spec
+    prefix, suffix = split_prompt(spec.prompt)
+    with atomic_directory(output) as tmp:
+        embedder.model.save_pretrained(tmp)
+        embedder.tokenizer.save_pretrained(tmp)
+        _rewrite_tokenizer(tmp, embedder, suffix)
+        _write_st_config(tmp, embedder.dimension, spec, prefix)
+        atomic_write_text(tmp / "README.md", _st_readme(spec))
+    return output
+
+
+def _st_readme(spec: EmbeddingSpec) -> str:
+    return (
+        "# Sentence embedding model exported by lmembed\n\n"
+        f"- base model: `{spec.model}`\n- adapter (merged in): `{spec.adapter}`\n"
+        f"- prompt template: `{spec.prompt}`\n- pooling: {ST_POOLING[spec.pooling]}\n"
+        f"- max tokens (EOS included): {spec.max_length}\n- weights: {spec.dtype}\n\n"
+        "```python\nfrom sentence_transformers import SentenceTransformer\n\n"
+        'model = SentenceTransformer("path/to/this/folder")\n'
+        'vectors = model.encode(["A man plays guitar."])\n```\n\n'
+        "The tokenizer appends EOS itself and inserts the text after `{s}` in the prompt; "
+        "the text before `{s}` is the default sentence-transformers prompt (passing another "
+        "`prompt` replaces it).\n"
+    )
+
+
+def _rewrite_tokenizer(folder: Path, embedder: Embedder, suffix: str) -> None:
+    """Make the saved fast tokenizer reproduce ``Embedder.tokenize`` on its own.
+
+    * EOS: the post-processor adds it after the tokenizer's own special tokens (BOS);
+      tokenizers count post-processor tokens when truncating, so EOS survives
+      truncation at max_length exactly as in ``Embedder.tokenize``.
+    * suffix: a ``Replace`` normalizer matching the end of the text (``\\z``) runs
+      before the original normalizers, so they see exactly ``text + suffix``.
+    * ``tokenizer_class`` becomes the generic fast tokenizer: model-specific classes
+      (e.g. ``GemmaTokenizer``) rebuild their normalizer and post-processor on load.
+    """
+    from tokenizers import Regex, Tokenizer, normalizers
+
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise ExportError(
+            f"{embedder.spec.model}: the tokenizer saved no tokenizer.json (not a fast "
+            "tokenizer), so EOS and prompt handling cannot be stored for sentence-transformers"
+        )
+    backend = Tokenizer.from_file(str(path))
+    if suffix:
+        _warn_added_tokens(embedder, suffix)
+        steps = [normalizers.Replace(Regex(r"\z"), suffix)]
+        if backend.normalizer is not None:
+            steps.append(backend.normalizer)
+        backend.normalizer = normalizers.Sequence(steps)
+    if embedder.eos_id is not None:
+        backend.post_processor = _post_processor_with_eos(embedder, backend.post_processor)
+    backend.save(str(path))
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config.update(
+        tokenizer_class="PreTrainedTokenizerFast",
+        padding_side=embedder.tokenizer.padding_side,
+        model_max_length=embedder.spec.max_length,
+        model_input_names=["input_ids", "attention_mask"],
+    )
+    atomic_write_json(config_path, config)
+
+
+def _warn_added_tokens(embedder: Embedder, suffix: str) -> None:
+    """Normalizers run on each piece between added tokens, so each piece gets the suffix."""
+    added = [t.content for t in embedder.tokenizer.added_tokens_decoder.values() if not t.special]
+    examples = sorted(added, key=lambda t: not t.isspace())[:4]
+    logger.warning(
+        "prompt suffix %r: the sentence-transformers export appends it to each piece of text "
+        "between added tokens, so texts containing one of this tokenizer's %d added tokens "
+        "(%s) or a special token written out (e.g. %r) embed differently from Embedder.encode",
+        suffix,
+        len(added),
+        ", ".join(repr(t) for t in examples) or "none",
+        embedder.tokenizer.eos_token,
+    )
+
+
+def _post_processor_with_eos(embedder: Embedder, existing):
+    """The tokenizer's post-processing, then EOS.
+
+    The special tokens the tokenizer adds today (BOS) are found by probing ``"a"``
+    with and without them, and rebuilt in one ``TemplateProcessing`` ending in EOS:
+    chaining two templates in a ``processors.Sequence`` misplaces EOS after BOS. A
+    post-processor that adds no tokens (``ByteLevel`` offset trimming) is kept and
+    the EOS template runs after it.
+    """
+    from tokenizers import processors
+
+    tokenizer = embedder.tokenizer
+    full = tokenizer("a")["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    starts = [i for i in range(len(full)) if full[i : i + len(plain)] == plain]
+    if not starts:
+        raise ExportError(f"{embedder.spec.model}: cannot locate the text in the tokenizer output")
+    before, after = full[: starts[0]], full[starts[0] + len(plain) :]
+    template = _template([*before, -1, *after, embedder.eos_id], tokenizer)
+    if existing is None or isinstance(existing, processors.TemplateProcessing):
+        return template
+    if not before and not after:
+        return processors.Sequence([existing, template])
+    raise ExportError(
+        f"{embedder.spec.model}: tokenizer post-processor {type(existing).__name__} adds "
+        "special tokens in a way this export cannot rebuild with EOS appended"
+    )
+
+
+def _template(layout: list[int], tokenizer):
+    """``TemplateProcessing`` of token ids around the text (``-1`` marks the text)."""
+    from tokenizers import processors
+
+    specials = {i: tokenizer.convert_ids_to_tokens(i) for i in layout if i != -1}
+
+    def sequence(type_id: int) -> list[str]:
+        text = f"${'AB'[type_id]}:{type_id}"
+        return [text if i == -1 else f"{specials[i]}:{type_id}" for i in layout]
+
+    return processors.TemplateProcessing(
+        single=sequence(0),
+        pair=sequence(0) + sequence(1),
+        special_tokens=[(token, i) for i, token in specials.items()],
+    )
+
+
+def _write_st_config(folder: Path, dimension: int, spec: EmbeddingSpec, prefix: str) -> None:
+    """sentence-transformers' module list and configs, as its 6.x ``save`` writes them."""
+    atomic_write_json(
+        folder / "modules.json",
+        [
+            {"idx": 0, "name": "0", "path": "", "type": ST_TRANSFORMER},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": ST_POOLING_MODULE},
+        ],
+    )
+    # Text only: SmolLM2-style chat templates would otherwise route text through them.
+    atomic_write_json(
+        folder / "sentence_bert_config.json",
+        {
+            "transformer_task": "feature-extraction",
+            "modality_config": {
+                "text": {"method": "forward", "method_output_name": "last_hidden_state"}
+            },
+            "module_output_name": "token_embeddings",
+        },
+    )
+    prompts = dict.fromkeys(ST_PROMPT_NAMES, prefix)
+    atomic_write_json(
+        folder / "config_sentence_transformers.json",
+        {
+            "model_type": "SentenceTransformer",
+            "prompts": prompts,
+            "default_prompt_name": ST_PROMPT_NAMES[0] if prefix else None,
+            "similarity_fn_name": "cosine",
+        },
+    )
+    atomic_write_json(
+        folder / "1_Pooling" / "config.json",
+        {
+            "embedding_dimension": dimension,
+            "pooling_mode": ST_POOLING[spec.pooling],
+            "include_prompt": True,
+        },
+    )

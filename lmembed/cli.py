@@ -152,6 +152,43 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     print(f"report: {report}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from lmembed.export import export
+
+    output = export(
+        args.output,
+        model=args.model,
+        adapter=args.adapter,
+        format=args.format,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {args.format} export to {output}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from lmembed.serving import ServerConfig, require_serve_extra, serve
+
+    try:
+        require_serve_extra()
+    except ImportError as error:
+        raise SystemExit(f"lmembed serve: error: {error}") from None
+    embedder = _load_embedder(args)
+    config = ServerConfig(
+        name=args.name or (Path(args.adapter).name if args.adapter else embedder.spec.model),
+        batch_window_ms=args.batch_window_ms,
+        batching=not args.no_batching,
+        max_batch_inputs=args.max_batch_inputs,
+        max_inputs=args.max_inputs,
+        max_chars=args.max_chars,
+        max_queue_inputs=args.max_queue,
+        max_request_bytes=args.max_request_bytes,
+        encode_batch_size=args.batch_size,
+    )
+    serve(embedder, config, host=args.host, port=args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmembed", description="Contrastive fine-tuning of small LMs into text embedders."
@@ -206,6 +243,38 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--data-dir", help="STS data folder (default: $LMEMBED_DATA_DIR)")
     ablate.add_argument("--retry-failed", action="store_true", help="rerun runs that failed")
     ablate.set_defaults(run=cmd_ablate)
+
+    export = commands.add_parser(
+        "export", help="write a model + adapter for sentence-transformers, transformers or peft"
+    )
+    export.add_argument("--model", help="base model (default: the one the adapter records)")
+    export.add_argument("--adapter", help="trained adapter folder (lmembed train --output)")
+    export.add_argument("--output", required=True, help="folder to write")
+    export.add_argument(
+        "--format",
+        default="sentence-transformers",
+        choices=("sentence-transformers", "merged", "adapter"),
+    )
+    export.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), help="saved weights dtype")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    export.add_argument("--trust-remote-code", action="store_true")
+    export.set_defaults(run=cmd_export)
+
+    serve = commands.add_parser(
+        "serve", help="OpenAI-compatible embeddings server (lmembed[serve])"
+    )
+    _embedder_flags(serve, model_required=False)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--name", help="model id in responses (default: adapter folder name)")
+    serve.add_argument("--batch-window-ms", type=float, default=5.0, help="micro-batch window")
+    serve.add_argument("--no-batching", action="store_true", help="one encode call per request")
+    serve.add_argument("--max-batch-inputs", type=int, default=128, help="texts per encode call")
+    serve.add_argument("--max-inputs", type=int, default=512, help="texts per request (else 400)")
+    serve.add_argument("--max-chars", type=int, default=16384, help="chars per text (else 400)")
+    serve.add_argument("--max-queue", type=int, default=4096, help="texts waiting (else 503)")
+    serve.add_argument("--max-request-bytes", type=int, default=8 << 20, help="body (else 413)")
+    serve.set_defaults(run=cmd_serve)
     return parser
 
 

@@ -357,7 +357,8 @@ def run_ablation(
     run trains and scores, so other heavy jobs can go between runs.
     """
     sweep = load_sweep(config, output, model, tasks, data_dir)
-    command = command or f"run_ablation({str(config)[:60]!r}, {str(output)!r})"
+    shown = "<dict>" if isinstance(config, dict) else repr(str(config))
+    command = command or f"run_ablation({shown}, {str(output)!r})"
     folders = list(sweep.configs)
     logger.info(
         "ablate: %d settings in %d studies -> %d training runs; tasks %s",
@@ -475,7 +476,7 @@ def _log_summary(path: Path, batch_size: int) -> dict[str, Any]:
     return {
         "steps_done": steps[-1]["step"],
         "final_loss": steps[-1]["loss"],
-        "train_s": round(sum(batch_size / s["triplets_per_s"] for s in steps), 1),
+        "train_s": round(sum(batch_size / s["triplets_per_s"] for s in steps), 3),
     }
 
 
@@ -594,7 +595,7 @@ def _csv(sweep: Sweep, rows: list[_Row]) -> str:
         record = row.record or {}
         writer.writerow([
             row.study, row.name, row.folder,
-            *(_cell(row.options.get(k, "")) for k in sweep.varied),
+            *(_show(row.options[k]) if k in row.options else "" for k in sweep.varied),
             row.status,
             *(_cell(row.score(t)) for t in sweep.tasks),
             _cell(row.score(None)),
@@ -604,12 +605,11 @@ def _csv(sweep: Sweep, rows: list[_Row]) -> str:
     return buffer.getvalue()
 
 
-def _cell(value: Any) -> str:
+def _cell(value: float | None) -> str:
+    """A measured number: 4 decimals, empty when there is none."""
     if value is None:
         return ""
-    if isinstance(value, float):
-        return f"{value:.4f}" if math.isfinite(value) else str(value)
-    return str(value)
+    return f"{value:.4f}" if math.isfinite(value) else str(value)
 
 
 # --------------------------------------------------------------------------- report
@@ -749,30 +749,32 @@ def _time_text(records: list[dict[str, Any]]) -> str:
 # --------------------------------------------------------------------------- plots
 
 
-def _figure(n_panels: int, width: float = 4.6, height: float = 3.6) -> tuple[Any, list[Any]]:
+def _panels(run_rows: list[_Row], width: float = 4.6) -> tuple[Any, list[tuple[Any, str, list]]]:
+    """A figure with one panel per study, up to three per line: (axes, study, rows) each."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    cols = min(3, max(1, n_panels))
-    rows = math.ceil(max(1, n_panels) / cols)
-    fig = Figure(figsize=(width * cols, height * rows), dpi=110)
+    studies: dict[str, list[_Row]] = {}
+    for row in run_rows:
+        studies.setdefault(row.study, []).append(row)
+    cols = min(3, max(1, len(studies)))
+    lines = math.ceil(max(1, len(studies)) / cols)
+    fig = Figure(figsize=(width * cols, 3.6 * lines + 0.5), dpi=110)
     FigureCanvasAgg(fig)
-    axes = [fig.add_subplot(rows, cols, i + 1) for i in range(max(1, n_panels))]
-    return fig, axes
+    panels = []
+    for i, (study, rows) in enumerate(studies.items()):
+        ax = fig.add_subplot(lines, cols, i + 1)
+        ax.set_title(f"study: {study}", fontsize=10)
+        panels.append((ax, study, rows))
+    return fig, panels
 
 
-def _png(fig: Any) -> bytes:
+def _png(fig: Any, title: str) -> bytes:
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
-
-
-def _by_study(rows: list[_Row]) -> dict[str, list[_Row]]:
-    studies: dict[str, list[_Row]] = {}
-    for row in rows:
-        studies.setdefault(row.study, []).append(row)
-    return studies
 
 
 def _nan(value: float | None) -> float:
@@ -781,82 +783,61 @@ def _nan(value: float | None) -> float:
 
 def _average_chart(sweep: Sweep, base_rows: list[_Row], run_rows: list[_Row]) -> bytes:
     """Average per setting, one panel per study; a black bar marks the base model."""
-    studies = _by_study(run_rows)
-    fig, axes = _figure(len(studies))
+    fig, panels = _panels(run_rows)
     values = [v for r in run_rows + base_rows if (v := r.score(None)) is not None]
-    low = min([0.0, *values])
-    for ax, (study, rows) in zip(axes, studies.items(), strict=False):
+    low, high = min([0.0, *values]), max([1.0, *values])
+    pad = 0.15 * (high - low)
+    for ax, _, rows in panels:
         x = np.arange(len(rows))
         averages = [r.score(None) for r in rows]
         bars = ax.bar(x, [_nan(v) for v in averages], 0.6, color="#2f6fdf", label="fine-tuned")
-        ax.bar_label(
-            bars,
-            labels=[_md(v, r.status) for v, r in zip(averages, rows, strict=True)],
-            fontsize=7,
-            padding=1,
-        )
-        ax.scatter(
-            x,
-            [_nan(_score(r.base, None)) for r in rows],
-            marker="_",
-            s=900,
-            linewidths=2.5,
-            color="black",
-            zorder=3,
-            label="base model (same prompt/pooling)",
-        )
+        ax.bar_label(bars, labels=[_md(v, "") for v in averages], fontsize=7, padding=1)
+        for i, row in enumerate(rows):
+            if row.status != "ok":
+                ax.text(i, 0, row.status, ha="center", va="bottom", color="#c0392b", fontsize=8)
+        bases = [_nan(_score(r.base, None)) for r in rows]
+        ax.scatter(x, bases, marker="_", s=900, linewidths=2.5, color="black", zorder=3,
+                   label="base model, same prompt and pooling")  # fmt: skip
         ax.set_xticks(x, [r.name for r in rows], rotation=25, ha="right", fontsize=8)
-        ax.set_title(f"study: {study}", fontsize=10)
-        ax.set_ylim(low, 100 if low < 0 else max(values + [1.0]) * 1.12)
+        ax.set_ylim(low - (pad if low < 0 else 0), high + pad)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel(f"average Spearman x100 ({len(sweep.tasks)} tasks)")
-    axes[0].legend(loc="lower left", fontsize=7)
-    for ax in axes[len(studies) :]:
-        ax.set_visible(False)
-    return _png(fig)
+    if panels:
+        panels[0][0].set_ylabel("Spearman x100, average")
+        panels[0][0].legend(loc="upper left", bbox_to_anchor=(0, -0.25), fontsize=7, ncol=2)
+    return _png(fig, f"average over {', '.join(sweep.tasks)}")
 
 
 def _task_chart(sweep: Sweep, base_rows: list[_Row], run_rows: list[_Row]) -> bytes:
     """Per-task scores: one panel per study, a bar per setting in every task group."""
-    studies = _by_study(run_rows)
-    fig, axes = _figure(len(studies), width=5.2)
+    fig, panels = _panels(run_rows, width=5.2)
     names = [*sweep.tasks, "average"]
-    for ax, (study, rows) in zip(axes, studies.items(), strict=False):
+    x = np.arange(len(names))
+    for ax, _, rows in panels:
         width = 0.8 / len(rows)
-        x = np.arange(len(names))
         for i, row in enumerate(rows):
             scores = [row.score(None if n == "average" else n) for n in names]
             ax.bar(x - 0.4 + width * (i + 0.5), [_nan(v) for v in scores], width, label=row.name)
         ax.set_xticks(x, names, rotation=25, ha="right", fontsize=8)
-        ax.set_title(f"study: {study}", fontsize=10)
-        ax.legend(fontsize=6, loc="lower left")
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("Spearman x100")
-    for ax in axes[len(studies) :]:
-        ax.set_visible(False)
-    return _png(fig)
+    if panels:
+        panels[0][0].set_ylabel("Spearman x100")
+    return _png(fig, "STS scores per task")
 
 
 def _loss_chart(sweep: Sweep, base_rows: list[_Row], run_rows: list[_Row]) -> bytes:
     """Training loss per step from each run's ``log.jsonl``, overlaid per study."""
-    studies = _by_study(run_rows)
-    fig, axes = _figure(len(studies))
-    for ax, (study, rows) in zip(axes, studies.items(), strict=False):
+    fig, panels = _panels(run_rows)
+    for ax, _, rows in panels:
         for row in rows:
             steps = _read_log(sweep.output / "runs" / row.folder / "log.jsonl")
             if steps:
-                ax.plot(
-                    [s["step"] for s in steps],
-                    [s["loss"] for s in steps],
-                    label=row.name,
-                    linewidth=1.2,
-                )
-        ax.set_title(f"study: {study}", fontsize=10)
+                losses = [s["loss"] for s in steps]
+                ax.plot([s["step"] for s in steps], losses, label=row.name, linewidth=1.2)
         ax.set_xlabel("step")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"training loss ({sweep.base.loss})")
-    for ax in axes[len(studies) :]:
-        ax.set_visible(False)
-    return _png(fig)
+    if panels:
+        panels[0][0].set_ylabel(f"training loss ({sweep.base.loss})")
+    return _png(fig, "training loss")

@@ -31,11 +31,11 @@ RESULTS = ROOT / "bench" / "results" / "gradcache.json"
 DATA = ROOT.parent / "shared" / "data" / "nli" / "snli_devtest_triplets_tok.csv.gz"
 
 
-def train_command(args: argparse.Namespace, output: Path, extra: list[str]) -> list[str]:
+def train_command(args: argparse.Namespace, output: Path, batch: int, steps: int) -> list[str]:
     return [
         "-m", "lmembed", "train", "--model", args.model, "--data", str(args.data),
-        "--output", str(output), "--steps", str(args.steps), "--batch-size", str(args.batch),
-        "--lr", "5e-4", "--warmup", "1", "--save-every", "0", "--seed", "0", *extra,
+        "--output", str(output), "--steps", str(steps), "--batch-size", str(batch),
+        "--lr", "5e-4", "--warmup", "1", "--save-every", "0", "--seed", "0",
     ]  # fmt: skip
 
 
@@ -54,6 +54,8 @@ def run(name: str, launcher: list[str], command: list[str], workdir: Path, env: 
     step_seconds = [batch / record["triplets_per_s"] for record in log[1:]]
     result = {
         "command": " ".join([*launcher, *command]),
+        # Other users' processes slow a run down; a 1-minute load above 2 means they ran.
+        "load_avg_1min_after": round(os.getloadavg()[0], 2),
         "wall_s": round(time.perf_counter() - started, 1),
         "peak_rss_mib": round(usage.ru_maxrss / 1024),  # Linux: KiB
         "step_s": [round(s, 2) for s in step_seconds],
@@ -68,37 +70,42 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--mini-batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=64, help="batch of the memory comparison")
+    parser.add_argument("--mini-batch", type=int, default=8, help="GradCache texts per forward")
+    parser.add_argument("--steps", type=int, default=3, help="steps of the memory comparison")
+    parser.add_argument("--dp-batch", type=int, default=16, help="batch of the 2-vs-1 comparison")
+    parser.add_argument("--dp-steps", type=int, default=4, help="steps of the 2-vs-1 comparison")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     python = [sys.executable]
+    # torchrun gives each worker OMP_NUM_THREADS=1, so both sides use the 2 cores:
+    # two 1-thread processes against one process with torch's default of 2 threads.
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    gradcache = ["--mini-batch-size", str(args.mini_batch)]
+    plan = {
+        "plain": (python, args.batch, args.steps, []),
+        "gradcache": (python, args.batch, args.steps, gradcache),
+        "one_process": (python, args.dp_batch, args.dp_steps, []),
+        "two_processes": (torchrun, args.dp_batch, args.dp_steps, []),
+    }
     with tempfile.TemporaryDirectory(prefix="bench-gradcache-") as tmp:
-        workdir = Path(tmp)
-
-        def command(name: str, extra: list[str] = ()) -> list[str]:
-            return train_command(args, workdir / name, list(extra))
-
-        plain = run("plain", python, command("plain"), workdir, env)
-        cached = run(
-            "gradcache",
-            python,
-            command("gradcache", ["--mini-batch-size", str(args.mini_batch)]),
-            workdir,
-            env,
-        )
-        # torchrun gives each worker OMP_NUM_THREADS=1: two 1-thread processes
-        # against the single process's default of one thread per core.
-        two = run("two_processes", torchrun, command("two_processes"), workdir, env)
+        runs = {
+            name: run(
+                name,
+                launcher,
+                train_command(args, Path(tmp) / name, batch, steps) + extra,
+                Path(tmp),
+                env,
+            )  # fmt: skip
+            for name, (launcher, batch, steps, extra) in plan.items()
+        }
 
     import torch
 
     results = {
-        "what": f"lmembed train, {args.model}, batch {args.batch}, {args.steps} steps, bf16, CPU",
+        "what": f"lmembed train on {args.model}, bf16, CPU; see each run's command",
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "versions": {
             "python": platform.python_version(),
@@ -107,12 +114,15 @@ def main() -> None:
             "peft": version("peft"),
         },
         "torch_threads_single_process": torch.get_num_threads(),
-        "runs": {"plain": plain, "gradcache": cached, "two_processes": two},
-        "gradcache_mini_batch": args.mini_batch,
+        "runs": runs,
         "ratios": {
-            "gradcache_vs_plain_peak_rss": round(ratio(cached, plain, "peak_rss_mib"), 3),
-            "gradcache_vs_plain_step_time": round(ratio(cached, plain, "median_step_s"), 3),
-            "two_processes_vs_one_throughput": round(ratio(plain, two, "median_step_s"), 3),
+            "gradcache_vs_plain_peak_rss": ratio(runs["gradcache"], runs["plain"], "peak_rss_mib"),
+            "gradcache_vs_plain_step_time": ratio(
+                runs["gradcache"], runs["plain"], "median_step_s"
+            ),
+            "two_processes_vs_one_throughput": ratio(
+                runs["one_process"], runs["two_processes"], "median_step_s"
+            ),
         },
     }
     atomic_write_json(args.output, results)
@@ -120,7 +130,7 @@ def main() -> None:
 
 
 def ratio(a: dict, b: dict, key: str) -> float:
-    return a[key] / b[key]
+    return round(a[key] / b[key], 3)
 
 
 if __name__ == "__main__":

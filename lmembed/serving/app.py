@@ -15,8 +15,8 @@ exactly as ``Embedder.encode`` truncates them (EOS kept). ``model`` is accepted
 and not checked: one server serves one model, named in every response.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: FastAPI reads the endpoint annotations at
+# runtime, and ``Request`` is imported inside ``create_app`` (fastapi is optional).
 import asyncio
 import base64
 import json

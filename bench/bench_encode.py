@@ -1,0 +1,125 @@
+"""Encoding throughput: ``Embedder.encode`` vs ``SentenceTransformer.encode``.
+
+Both wrap the same gemma-3-270m weights (bf16), append EOS (sentence-transformers through
+its tokenizer's post-processor, token ids checked equal), pool the last token, truncate at
+128 tokens and use batch 32, on the first 2,000 distinct sentences of STSb test. Both
+models live in this one process; each repeat encodes everything once per system, in
+alternating order, after one warm-up batch each. The embeddings must agree (mean cosine
+>= 0.999).
+
+    flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_encode.py
+
+writes ``bench/results/encode.json`` and the "Encoding throughput" section of
+``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+from common import (
+    alternating,
+    data_dir,
+    environment,
+    environment_block,
+    fmt_ratio,
+    met,
+    paired_ratio,
+    replace_section,
+    save_result,
+    spread,
+    table,
+)
+from systems import Recipe, check_same_tokens, st_model
+
+HEADING = "Encoding throughput"
+MIN_MEAN_COSINE = 0.999
+
+
+def sts_sentences(count: int) -> list[str]:
+    from lmembed.data.sts import load_sts
+
+    task = load_sts("stsb", data_dir())
+    distinct = list(dict.fromkeys([*task.sentences1, *task.sentences2]))
+    if len(distinct) < count:
+        raise SystemExit(f"STSb test has only {len(distinct)} distinct sentences, not {count}")
+    return distinct[:count]
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return np.einsum("ij,ij->i", a, b)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sentences", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+
+    from lmembed import Embedder
+
+    texts = sts_sentences(args.sentences)
+    plan = Recipe(data="", steps=0)
+    embedder = Embedder.from_pretrained(plan.model, max_length=plan.max_length, dtype="bf16")
+    st = st_model(plan, lora=False).eval()
+    check_same_tokens(st, plan, texts)
+    encoders = {
+        "lmembed": lambda batch: embedder.encode(batch, batch_size=args.batch_size,
+                                                 show_progress=False),
+        "sentence-transformers": lambda batch: st.encode(batch, batch_size=args.batch_size,
+                                                         show_progress_bar=False),
+    }  # fmt: skip
+    for encode in encoders.values():
+        encode(texts[: args.batch_size])  # warm-up: first-call allocations, lazy imports
+
+    seconds: dict[str, list[float]] = {name: [] for name in encoders}
+    vectors = {}
+    for repeat in range(args.repeats):
+        for name in alternating(list(encoders), repeat):
+            tick = time.perf_counter()
+            vectors[name] = np.asarray(encoders[name](texts), dtype=np.float32)
+            seconds[name].append(time.perf_counter() - tick)
+            print(f"{name}: {len(texts) / seconds[name][-1]:.1f} sentences/s", flush=True)
+
+    agreement = cosines(vectors["lmembed"], vectors["sentence-transformers"])
+    if agreement.mean() < MIN_MEAN_COSINE:
+        raise SystemExit(f"embeddings disagree: mean cosine {agreement.mean():.5f}")
+    rates = {name: [len(texts) / s for s in values] for name, values in seconds.items()}
+    speedup = paired_ratio(rates["lmembed"], rates["sentence-transformers"])
+    env = environment()
+    save_result("encode", {
+        "what": f"encoding {len(texts)} STSb sentences, gemma-3-270m bf16, batch "
+                f"{args.batch_size}",
+        "environment": env,
+        "sentences_per_s": {name: spread(values) for name, values in rates.items()},
+        "lmembed_speedup": speedup,
+        "cosine_lmembed_vs_st": {"mean": float(agreement.mean()), "min": float(agreement.min())},
+    })  # fmt: skip
+
+    rows = [
+        [name, f"{statistics.median(rates[name]):.1f}", f"{statistics.median(seconds[name]):.1f}"]
+        for name in encoders
+    ]
+    body = "\n\n".join([
+        environment_block(env),
+        f"The first {len(texts)} distinct sentences of STSb test, gemma-3-270m in bf16, EOS "
+        f"appended, last-token pooling, max 128 tokens, batch {args.batch_size}. Both models "
+        f"in one process, {args.repeats} repeats in alternating order after a warm-up batch; "
+        "medians, and the per-repeat ratio as median (min-max).",
+        table(["system", "sentences/s", "seconds"], rows),
+        f"- lmembed vs sentence-transformers: {fmt_ratio(speedup)}, {met(speedup, 1.0)}.",
+        f"- Agreement: mean cosine {agreement.mean():.5f} (min {agreement.min():.5f}) "
+        "between the two systems' embeddings of the same sentences.",
+    ])  # fmt: skip
+    replace_section(HEADING, body)
+    print(f"lmembed vs sentence-transformers: {fmt_ratio(speedup)}")
+
+
+if __name__ == "__main__":
+    main()

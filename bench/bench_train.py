@@ -1,0 +1,147 @@
+"""Training throughput and peak memory: lmembed vs the paper's recipe vs sentence-transformers.
+
+Same model (gemma-3-270m, bf16), the same first 640 NLI triplets and the same batches of
+32, LoRA 8/32/0.1 on q_proj/v_proj (see ``systems.py``). Every (system, repeat) is a fresh
+process; the systems alternate within each repeat. Throughput counts the steps after the
+first (warm-up) step; peak RSS is the process's whole life.
+
+    flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_train.py
+
+writes ``bench/results/train.json`` and the "Training throughput and memory" section of
+``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from common import (
+    alternating,
+    environment,
+    environment_block,
+    fmt_ratio,
+    met,
+    nli_path,
+    paired_ratio,
+    replace_section,
+    run_worker,
+    save_result,
+    spread,
+    table,
+    worker_main,
+)
+from systems import TRAINERS, Recipe
+
+SYSTEMS = ("lmembed", "reference", "sentence-transformers")
+TARGETS = {"reference": 8.0, "sentence-transformers": 1.2}
+HEADING = "Training throughput and memory"
+
+
+def train_worker(system: str, recipe: dict, workdir: str) -> dict:
+    return TRAINERS[system](recipe, str(Path(workdir) / "run"))
+
+
+def measure(system: str, recipe: Recipe) -> dict:
+    run = run_worker(__file__, "train", {"system": system, "recipe": recipe.to_dict()})
+    timed = run["step_s"][1:]
+    run["triplets_per_s"] = recipe.batch_size * len(timed) / sum(timed)
+    print(f"{system}: {run['triplets_per_s']:.2f} triplets/s, peak RSS {run['peak_rss_mib']} MiB,"
+          f" steps {[round(s, 2) for s in run['step_s']]}", flush=True)  # fmt: skip
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=6, help="steps per run, the first untimed")
+    parser.add_argument("--reference-steps", type=int, default=3,
+                        help="steps per reference run (its steps are ~10x slower)")  # fmt: skip
+    parser.add_argument("--limit", type=int, default=640, help="the first N triplets")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    if min(args.steps, args.reference_steps) < 2:
+        parser.error("--steps and --reference-steps need at least 2 (one warm-up step)")
+
+    data = str(nli_path())
+    recipes = {
+        system: Recipe(
+            data=data,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            steps=args.reference_steps if system == "reference" else args.steps,
+        )
+        for system in SYSTEMS
+    }
+    runs: dict[str, list[dict]] = {system: [] for system in SYSTEMS}
+    for repeat in range(args.repeats):
+        for system in alternating(SYSTEMS, repeat):
+            runs[system].append(measure(system, recipes[system]))
+    report(args, recipes, runs)
+
+
+def report(args: argparse.Namespace, recipes: dict[str, Recipe], runs: dict) -> None:
+    rate = {system: [run["triplets_per_s"] for run in runs[system]] for system in SYSTEMS}
+    rss = {system: [run["peak_rss_mib"] for run in runs[system]] for system in SYSTEMS}
+    speedup = {other: paired_ratio(rate["lmembed"], rate[other]) for other in SYSTEMS[1:]}
+    memory = {other: paired_ratio(rss["lmembed"], rss[other]) for other in SYSTEMS[1:]}
+    env = environment()
+    result = {
+        "what": "training triplets/s and peak RSS, gemma-3-270m bf16, LoRA 8/32/0.1 q_proj/v_proj",
+        "environment": env,
+        "recipes": {system: recipe.to_dict() for system, recipe in recipes.items()},
+        "triplets_per_s": {system: spread(values) for system, values in rate.items()},
+        "peak_rss_mib": {system: spread(values, 0) for system, values in rss.items()},
+        "lmembed_speedup": speedup,
+        "lmembed_memory_ratio": memory,
+        "runs": runs,
+    }
+    save_result("train", result)
+
+    rows = []
+    for system in SYSTEMS:
+        step = statistics.median(s for run in runs[system] for s in run["step_s"][1:])
+        first_loss = statistics.median(run["losses"][0] for run in runs[system])
+        ratio = "1" if system == "lmembed" else fmt_ratio(speedup[system])
+        rows.append([
+            system, f"{statistics.median(rate[system]):.2f}", f"{step:.2f}", ratio,
+            f"{statistics.median(rss[system]):.0f}", f"{first_loss:.4f}",
+        ])  # fmt: skip
+    header = ["system", "triplets/s", "s/step", "lmembed speed-up", "peak RSS MiB",
+              "step-1 loss"]  # fmt: skip
+    lm, ref = recipes["lmembed"], recipes["reference"]
+    body = "\n\n".join([
+        environment_block(env),
+        f"gemma-3-270m with bf16 weights (LoRA weights fp32), the first {args.limit} NLI "
+        f"triplets, batch {lm.batch_size}, LoRA 8/32/0.1 on q_proj/v_proj, lr {lm.lr}, all "
+        f"systems on the same batches. {args.repeats} repeats, each system in a fresh process, "
+        f"order rotated every repeat; lmembed and sentence-transformers run {lm.steps} steps, "
+        f"the reference {ref.steps} (its steps are slow); the first step of each run is a "
+        "warm-up and not timed. Values are medians over repeats; a speed-up is lmembed's "
+        "triplets/s over the other system's in the same repeat, median (min-max). Peak RSS "
+        "covers the whole process (model load included). The step-1 loss is the same "
+        "computation in all three (LoRA B starts at zero), a check that they embed alike.",
+        table(header, rows),
+        f"- vs the reference recipe: {fmt_ratio(speedup['reference'])}, "
+        f"{met(speedup['reference'], TARGETS['reference'])}; peak memory "
+        f"{fmt_ratio(memory['reference'])} of the reference's.",
+        f"- vs sentence-transformers: {fmt_ratio(speedup['sentence-transformers'])}, "
+        f"{met(speedup['sentence-transformers'], TARGETS['sentence-transformers'])}; peak "
+        f"memory {fmt_ratio(memory['sentence-transformers'])} of sentence-transformers'.",
+        "The reference recipe is the paper's code (trapoom555/Language-Model-STS-CFT) as "
+        "written for one process: `AutoModelForCausalLM(..., output_hidden_states=True)` "
+        "computes 262,144 vocabulary logits per token that are never used, and every text is "
+        f"padded to {ref.reference_max_length} tokens (NLI sentences average ~15). It pads on "
+        "the left, as the paper's Llama/Gemma tokenizers do, so position -1 is the appended "
+        "EOS; with right padding position -1 would be a pad token for every short text. "
+        "Texts are tokenized once before training, as in the paper's preprocessing, so its "
+        "step time excludes tokenization (lmembed's and sentence-transformers' include it).",
+    ])  # fmt: skip
+    replace_section(HEADING, body)
+    print(f"speed-up vs reference {fmt_ratio(speedup['reference'])}, "
+          f"vs sentence-transformers {fmt_ratio(speedup['sentence-transformers'])}")  # fmt: skip
+
+
+if __name__ == "__main__" and not worker_main({"train": train_worker}):
+    main()

@@ -1,0 +1,202 @@
+"""Helpers shared by the benchmark scripts: environment, worker processes, statistics, docs.
+
+A benchmark script runs each measured system in a fresh worker process (``run_worker``),
+so model loads and peak memory never mix, and alternates the systems over repeats. Ratios
+are taken per repeat (systems measured back to back) and summarised by median, min and max.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from lmembed.io import atomic_write_json, atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+IMAGES = ROOT / "docs" / "img"
+DOC_TITLE = "# Benchmarks\n"
+PACKAGES = ("torch", "transformers", "peft", "sentence-transformers", "lmembed")
+
+
+def data_dir() -> Path:
+    """``$LMEMBED_DATA_DIR`` (set by ``make``), else the shared data next to the repo."""
+    return Path(os.environ.get("LMEMBED_DATA_DIR") or ROOT.parent / "shared" / "data")
+
+
+def nli_path() -> Path:
+    path = data_dir() / "nli" / "snli_devtest_triplets_tok.csv.gz"
+    if not path.is_file():
+        sys.exit(f"{path} not found: set LMEMBED_DATA_DIR to the shared data folder")
+    return path
+
+
+def environment() -> dict:
+    """Hardware and versions, recorded with every result."""
+    import torch
+
+    versions = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "torch_threads": torch.get_num_threads(),
+        "versions": versions,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": command_line(),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    return match.group(1).strip() if match else platform.machine()
+
+
+def command_line() -> str:
+    """The command that ran this script, relative to the repository root."""
+    script = os.path.relpath(sys.argv[0], ROOT)
+    python = os.path.relpath(sys.executable, ROOT) if ".venv" in sys.executable else "python"
+    return shlex.join([python, script, *sys.argv[1:]])
+
+
+# --- worker processes -----------------------------------------------------------------------
+
+
+def run_worker(script: str | Path, name: str, params: dict) -> dict:
+    """Run worker ``name`` of ``script`` in a fresh process; its result plus its peak RSS.
+
+    Peak RSS is the child's ``ru_maxrss`` (from ``os.wait4``): the whole life of the
+    process, model load included.
+    """
+    with tempfile.TemporaryDirectory(prefix="lmembed-bench-") as tmp:
+        result_path = Path(tmp) / "result.json"
+        params = {**params, "workdir": tmp}
+        command = [sys.executable, str(script), "--worker", name, "--params", json.dumps(params),
+                   "--result", str(result_path)]  # fmt: skip
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        stderr = process.stderr.read()
+        _, status, usage = os.wait4(process.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            sys.exit(f"worker {name} failed:\n{stderr[-4000:]}")
+        result = json.loads(result_path.read_text())
+    result["peak_rss_mib"] = round(usage.ru_maxrss / 1024)  # Linux reports KiB
+    return result
+
+
+def worker_main(workers: dict[str, Callable[..., dict]]) -> bool:
+    """If this process was started by ``run_worker``, run the worker and return True."""
+    if "--worker" not in sys.argv:
+        return False
+    args = dict(zip(sys.argv[1::2], sys.argv[2::2], strict=True))
+    result = workers[args["--worker"]](**json.loads(args["--params"]))
+    Path(args["--result"]).write_text(json.dumps(result))
+    return True
+
+
+def alternating(systems: Sequence[str], repeat: int) -> list[str]:
+    """Run order of repeat ``repeat``: the list rotated, so no system always goes first."""
+    shift = repeat % len(systems)
+    return [*systems[shift:], *systems[:shift]]
+
+
+# --- statistics -----------------------------------------------------------------------------
+
+
+def spread(values: Sequence[float], digits: int = 3) -> dict:
+    """Median, min and max (and the values) of per-repeat measurements."""
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+        "values": [round(v, digits) for v in values],
+    }
+
+
+def paired_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> dict:
+    """``spread`` of per-repeat ratios (repeat i of one system over repeat i of the other)."""
+    return spread([a / b for a, b in zip(numerators, denominators, strict=True)])
+
+
+def fmt_ratio(ratio: dict) -> str:
+    return f"{ratio['median']:.2f}x ({ratio['min']:.2f}-{ratio['max']:.2f})"
+
+
+def met(ratio: dict, target: float) -> str:
+    """Target verdict on the median ratio."""
+    verdict = "met" if ratio["median"] >= target else "missed"
+    return f"**{verdict}** (target ≥ {target:g}x)"
+
+
+# --- results and docs -----------------------------------------------------------------------
+
+
+def save_result(name: str, result: dict) -> Path:
+    path = RESULTS / f"{name}.json"
+    atomic_write_json(path, result)
+    return path
+
+
+def environment_block(env: dict, note: str = "") -> str:
+    """Markdown lines that say where, with what and how a section's numbers were measured."""
+    v = env["versions"]
+    lines = [
+        f"- Hardware: {env['cpu']}, {env['cores']} cores, {env['ram_gib']} GiB RAM, "
+        f"torch threads {env['torch_threads']}",
+        f"- Versions: Python {v['python']}, torch {v['torch']}, transformers "
+        f"{v['transformers']}, peft {v['peft']}, sentence-transformers "
+        f"{v['sentence-transformers']}",
+        f"- Command (`make bench` runs it under `flock /tmp/lmembed-cpu.lock`): "
+        f"`{env['command']}`, {env['date']}",
+    ]
+    if note:
+        lines.append(f"- {note}")
+    return "\n".join(lines)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A markdown table; the first column left-aligned, the others right-aligned."""
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---", *["---:"] * (len(header) - 1)]) + "|",
+    ]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def replace_section(heading: str, body: str, path: Path = DOC) -> None:
+    """Replace the ``## heading`` section of the benchmarks page (or append it).
+
+    Other sections, written by other scripts or by hand, are left byte for byte.
+    """
+    text = path.read_text(encoding="utf-8") if path.exists() else DOC_TITLE
+    section = f"## {heading}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
+    else:
+        text = text.rstrip() + "\n\n" + section
+    atomic_write_text(path, text)

@@ -14,13 +14,14 @@ row, the gradients of all ranks' objectives (``sum_r O_r = W * L``), and
 and ``mean_r O_r`` is ``L`` itself, which is what gets logged.
 
 We all-reduce the LoRA gradients ourselves instead of wrapping the model in
-DDP: only a few hundred thousand parameters train, GradCache runs several
+DDP: LoRA trains well under 1% of the weights, GradCache runs several
 forward passes per step (DDP would need ``no_sync`` juggling), and one flat
 all-reduce per step is all DDP would do here anyway.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import transformers
 
 from lmembed.training.checkpoint import rng_states, save_checkpoint
 from lmembed.training.sampler import shard_sizes, steps_per_epoch
@@ -60,7 +62,7 @@ def process_group() -> Iterator[Distributed]:
 
     Reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``.
     A group that is already initialised (a caller's) is used and left open; one
-    created here is destroyed on exit.
+    created here is destroyed on exit. Ranks other than 0 only report warnings.
     """
     cuda = torch.cuda.is_available()
     owned = False
@@ -69,6 +71,10 @@ def process_group() -> Iterator[Distributed]:
     else:
         rank = int(os.environ.get("RANK", "0"))
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if rank > 0:
+        logging.getLogger("lmembed").setLevel(logging.WARNING)
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
     device = torch.device("cpu")
     if cuda:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))

@@ -8,16 +8,14 @@ scores all nine tasks.
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from pathlib import Path
-
-import torch
 
 from lmembed.data import ALL_TASKS, QUICK_TASKS, resolve_data_dir
 from lmembed.data.triplets import HUB_NLI
 from lmembed.evaluation import compare, evaluate, save_results, write_report
 from lmembed.model.embedder import Embedder
+from lmembed.system import machine_summary
 from lmembed.training.config import TrainConfig
 from lmembed.training.trainer import train
 
@@ -86,8 +84,7 @@ def run_demo(
         "command": f"lmembed demo{' --full' if full else ''} (steps={config.steps})",
         "training": f"{config.steps} steps x {config.batch_size} triplets from {config.data}, "
         f"lr {config.lr}, {config.dtype}",
-        "hardware": f"{platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads",
+        "hardware": machine_summary(),
         "wall time": f"{time.perf_counter() - started:.0f} s",
     }
     md, _ = write_report(output, base, after, baseline, title=f"lmembed demo: {model}", notes=notes)

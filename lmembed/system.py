@@ -1,0 +1,53 @@
+"""What ran a result: hardware and library versions, recorded next to every number."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+
+PACKAGES = ("lmembed", "torch", "transformers", "peft", "sentence-transformers")
+
+
+def cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return platform.processor() or platform.machine()
+    match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    return match.group(1).strip() if match else platform.machine()
+
+
+def package_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in packages:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def machine() -> dict[str, object]:
+    """CPU, cores, RAM, torch threads and GPU (if any) of this process's machine."""
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def machine_summary() -> str:
+    """One line for reports, e.g. ``AMD EPYC (2 cores, 23.4 GiB RAM, 2 torch threads)``."""
+    info = machine()
+    gpu = f", GPU {info['gpu']}" if info["gpu"] else ", no GPU"
+    return (
+        f"{info['cpu']} ({info['cores']} cores, {info['ram_gib']} GiB RAM, "
+        f"{info['torch_threads']} torch threads{gpu})"
+    )

@@ -1,0 +1,32 @@
+"""The demo end to end on a tiny model: before/after/baseline scores and the report."""
+
+import json
+import shutil
+
+import pytest
+
+from lmembed.experiments.demo import run_demo
+
+
+@pytest.mark.slow
+def test_demo_writes_report_with_before_after_and_baseline(tiny_llama, sts_dir, nli_csv, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(sts_dir, data)
+    shutil.copy(data / "sts" / "biosses.tsv", data / "sts" / "sts17_en-en.tsv")
+    (data / "nli").mkdir()
+    # Under the name of the full SimCSE file, which the demo prefers when present.
+    shutil.copy(nli_csv, data / "nli" / "nli_for_simcse.csv")
+
+    report = run_demo(output=tmp_path / "demo", data_dir=data, steps=2, model=str(tiny_llama))
+
+    text = report.read_text()
+    for task in ("stsb", "biosses", "sts17"):
+        assert f"| {task} |" in text
+    assert (tmp_path / "demo" / "report.png").stat().st_size > 1000
+    before = json.loads((tmp_path / "demo" / "before.json").read_text())
+    after = json.loads((tmp_path / "demo" / "after.json").read_text())
+    baseline = json.loads((tmp_path / "demo" / "baseline.json").read_text())
+    assert before["adapter"] is None and after["adapter"] == str(tmp_path / "demo" / "adapter")
+    assert baseline["model"] == "all-minilm-l6-v2" and baseline["pooling"] == "mean"
+    assert after["tasks"]["stsb"]["pairs"] == 8
+    assert before["tasks"]["stsb"] != after["tasks"]["stsb"]

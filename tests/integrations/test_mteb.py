@@ -55,6 +55,5 @@ def test_encoder_follows_the_protocol_and_ignores_prompt_types(tiny_llama):
 @pytest.mark.slow
 def test_smollm2_mteb_matches_lmembed_eval():
     embedder = Embedder.from_pretrained("smollm2-135m", prompt="{s} is: ", dtype="fp32")
-    for task_name in ("biosses", "sts17"):
-        ours = _lmembed_spearman(embedder, task_name)
-        assert _mteb_spearman(embedder, task_name) == pytest.approx(ours, abs=1e-4), task_name
+    ours = _lmembed_spearman(embedder, "biosses")
+    assert _mteb_spearman(embedder, "biosses") == pytest.approx(ours, abs=1e-4)

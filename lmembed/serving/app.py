@@ -20,7 +20,6 @@ and not checked: one server serves one model, named in every response.
 import asyncio
 import base64
 import json
-import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -30,8 +29,6 @@ import numpy as np
 
 from lmembed.model.embedder import Embedder
 from lmembed.serving.batcher import EncodeFn, MicroBatcher, QueueFullError
-
-logger = logging.getLogger("lmembed")
 
 ENCODING_FORMATS = ("float", "base64")
 

@@ -163,13 +163,12 @@ class Embedder(torch.nn.Module):
         caller's choice: training keeps the graph, ``encode`` runs in inference mode.
         """
         ids = self.tokenize(texts)
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        size = chunk_size or len(ids) or 1
-        starts = range(0, len(ids), size)
-        bar = tqdm(starts, desc="encode", unit="batch", disable=not progress, leave=False)
-        parts = [self(self.collate([ids[i] for i in order[s : s + size]])) for s in bar]
-        inverse = torch.empty(len(order), dtype=torch.long)
-        inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+        chunks = length_sorted_chunks(ids, chunk_size or len(ids) or 1)
+        bar = tqdm(chunks, desc="encode", unit="batch", disable=not progress, leave=False)
+        parts = [self(self.collate([ids[i] for i in chunk])) for chunk in bar]
+        order = torch.tensor([i for chunk in chunks for i in chunk], dtype=torch.long)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order))
         return torch.cat(parts).index_select(0, inverse.to(parts[0].device))
 
     @torch.inference_mode()
@@ -196,6 +195,16 @@ class Embedder(torch.nn.Module):
 def _folder_with_spec(model: str | None) -> Path | None:
     """``model`` when it is a local folder carrying ``lmembed.json`` (a merged export)."""
     return Path(model) if model and (Path(model) / SPEC_FILE).is_file() else None
+
+
+def length_sorted_chunks(ids: list[list[int]], size: int) -> list[list[int]]:
+    """Positions of ``ids``, longest first, cut into chunks of ``size``.
+
+    Chunks of similar length pad little. GradCache replays exactly these chunks,
+    so both passes must come from this one function.
+    """
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    return [order[start : start + size] for start in range(0, len(order), size)]
 
 
 def _eos_to_append(tokenizer: PreTrainedTokenizerBase) -> int | None:

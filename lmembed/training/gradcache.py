@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lmembed.model.embedder import Embedder
+from lmembed.model.embedder import Embedder, length_sorted_chunks
 
 
 @dataclass(frozen=True)
@@ -43,12 +43,6 @@ class RngState:
         torch.set_rng_state(self.cpu)
         if self.cuda is not None:
             torch.cuda.set_rng_state(self.cuda, device)
-
-
-def length_sorted_chunks(ids: list[list[int]], size: int) -> list[list[int]]:
-    """Positions of ``ids`` longest first, cut into chunks (``Embedder.embed``'s order)."""
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    return [order[start : start + size] for start in range(0, len(order), size)]
 
 
 def grad_cache_backward(

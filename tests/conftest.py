@@ -1,78 +1,12 @@
-"""Shared fixtures: tiny random decoder models built from configs (no downloads)."""
+"""Shared fixtures: tiny random models (see tiny_models.py) and a small triplet file."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoModel, PreTrainedTokenizerFast
-from transformers.models.gemma.configuration_gemma import GemmaConfig
-from transformers.models.gemma3.configuration_gemma3 import Gemma3TextConfig
-from transformers.models.llama.configuration_llama import LlamaConfig
-from transformers.models.phi.configuration_phi import PhiConfig
-from transformers.models.qwen2.configuration_qwen2 import Qwen2Config
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-SHARED_DATA = Path(
-    os.environ.get("LMEMBED_DATA_DIR", Path(__file__).parents[2] / "shared" / "data")
-)
-SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
-TINY = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-)
-
-
-def tiny_tokenizer(
-    pad_is_eos: bool = False, padding_side: str = "right"
-) -> PreTrainedTokenizerFast:
-    """Byte-level, one token per character: the shape Qwen2's tokenizer class rebuilds."""
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {token: i for i, token in enumerate(SPECIALS + alphabet)}
-    backend = Tokenizer(models.BPE(vocab, merges=[], unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="</s>" if pad_is_eos else "<pad>",
-        padding_side=padding_side,
-    )
-
-
-ARCHITECTURES = {
-    "llama": lambda v: LlamaConfig(vocab_size=v, **TINY),
-    "gemma": lambda v: GemmaConfig(vocab_size=v, head_dim=8, **TINY),
-    "gemma3": lambda v: Gemma3TextConfig(vocab_size=v, head_dim=8, sliding_window=16, **TINY),
-    "phi": lambda v: PhiConfig(vocab_size=v, **{**TINY, "num_key_value_heads": 4}),
-    "qwen2": lambda v: Qwen2Config(vocab_size=v, **TINY),
-}
-
-
-def make_tiny_model(
-    folder: Path, arch: str = "llama", pad_is_eos: bool = False, padding_side: str = "right"
-) -> Path:
-    """Write a randomly initialised ``arch`` model and tokenizer to ``folder``."""
-    tokenizer = tiny_tokenizer(pad_is_eos, padding_side)
-    config = ARCHITECTURES[arch](len(tokenizer))
-    config.pad_token_id = tokenizer.pad_token_id
-    config.eos_token_id = tokenizer.eos_token_id
-    config.bos_token_id = tokenizer.bos_token_id
-    torch.manual_seed(0)
-    model = AutoModel.from_config(config)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+from tiny_models import ARCHITECTURES, make_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -100,3 +34,16 @@ def triplets_csv(tmp_path) -> Path:
     path = tmp_path / "triplets.csv"
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(request):
+    """Tiny models gain nothing from threads, and on a busy 2-core machine two threads
+    per process oversubscribe the cores (8x slower here). Real-model tests keep them."""
+    if request.node.get_closest_marker("integration"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, make_tiny_model
+from tiny_models import SHARED_DATA, make_tiny_model
 
 from lmembed import Embedder, TrainConfig, train
 from lmembed.cli import main

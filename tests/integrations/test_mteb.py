@@ -2,7 +2,7 @@
 
 import mteb
 import pytest
-from conftest import SHARED_DATA
+from tiny_models import SHARED_DATA
 
 from lmembed import Embedder, evaluate
 from lmembed.integrations.mteb import LocalSTSTask, MTEBEncoder

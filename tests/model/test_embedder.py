@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import ARCHITECTURES, make_tiny_model
+from tiny_models import ARCHITECTURES, make_tiny_model
 
 from lmembed.model.embedder import Embedder, EmbeddingSpec
 from lmembed.model.loading import ModelNotFoundError, resolve

@@ -30,6 +30,20 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration and not slow"
 
+# Every benchmark, each under the shared CPU lock (`make bench BENCH_LOCK=` if you hold it
+# already); each writes bench/results/*.json and its section of docs/benchmarks.md.
+BENCH_LOCK ?= flock /tmp/lmembed-cpu.lock
+BENCH_SCRIPTS := bench_train bench_encode bench_quality bench_scaling bench_gradcache bench_server
+
+bench: $(STAMP)
+	@for name in $(BENCH_SCRIPTS); do \
+		if [ -f bench/$$name.py ]; then \
+			echo "== $$name"; start=$$(date +%s); \
+			$(BENCH_LOCK) $(BIN)/python bench/$$name.py || exit 1; \
+			echo "== $$name: $$(( $$(date +%s) - start )) s"; \
+		fi; \
+	done
+
 lint: $(STAMP)
 	$(BIN)/ruff check lmembed tests bench
 

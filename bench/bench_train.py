@@ -120,12 +120,14 @@ def report(args: argparse.Namespace, recipes: dict[str, Recipe], runs: dict) -> 
         f"the reference {ref.steps} (its steps are slow); the first step of each run is a "
         "warm-up and not timed. Values are medians over repeats; a speed-up is lmembed's "
         "triplets/s over the other system's in the same repeat, median (min-max). Peak RSS "
-        "covers the whole process (model load included). The step-1 loss is the same "
-        "computation in all three (LoRA B starts at zero), a check that they embed alike.",
+        "covers the whole process (model load included). The step-1 loss is the base "
+        "model's loss on the first batch (LoRA B starts at zero) in all three: a check that "
+        "they compute the same thing, equal up to bf16 rounding, which depends on how the "
+        "texts are padded (about ±0.1; in fp32, padding changes it by under 1e-5).",
         table(header, rows),
         f"- vs the reference recipe: {fmt_ratio(speedup['reference'])}, "
         f"{met(speedup['reference'], TARGETS['reference'])}; peak memory "
-        f"{fmt_ratio(memory['reference'])} of the reference's.",
+        f"{fmt_ratio(memory['reference'])} of the reference's.\n"
         f"- vs sentence-transformers: {fmt_ratio(speedup['sentence-transformers'])}, "
         f"{met(speedup['sentence-transformers'], TARGETS['sentence-transformers'])}; peak "
         f"memory {fmt_ratio(memory['sentence-transformers'])} of sentence-transformers'.",

@@ -11,7 +11,7 @@ graph of all texts at once. GradCache splits the work in three passes:
 3. re-embed each chunk with a graph, restoring its RNG state so dropout draws
    the same masks, and backpropagate the chunk's slice of that gradient.
 
-The chunks are length-sorted exactly as in ``Embedder.embed``, so GradCache with
+The chunks are ``Embedder.chunks``, as in ``Embedder.embed``, so GradCache with
 chunk size ``c`` reproduces a plain ``embed(texts, chunk_size=c)`` pass, dropout
 included, while holding the graph of only ``c`` texts. The price is a second
 forward pass of the whole batch.
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lmembed.model.embedder import Embedder, length_sorted_chunks
+from lmembed.model.embedder import Embedder
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def grad_cache_backward(
     ``objective`` maps the embeddings of ``texts`` (rows in input order) to a scalar.
     """
     ids = embedder.tokenize(texts)
-    chunks = length_sorted_chunks(ids, mini_batch_size)
+    chunks = embedder.chunks(ids, mini_batch_size)
     device = embedder.device
 
     def forward(chunk: list[int]) -> torch.Tensor:

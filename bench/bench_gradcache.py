@@ -197,8 +197,9 @@ def section(args: argparse.Namespace, env: dict, runs: dict, ratios: dict) -> st
         f"`lmembed train` on the shared NLI triplets, lr 5e-4, seed 0, each run a fresh process "
         f"tree. Memory comparison: {args.steps} steps; 2-vs-1 comparison: {args.dp_steps} steps. "
         "s/step is the median over steps 2..N. Peak RSS (whole run) includes the model load; "
-        "peak RSS (training) is measured from the moment the model is built (kernel counter "
-        "reset), so it holds the weights plus what the steps add (rank 0's under torchrun).",
+        "peak RSS (training) restarts the kernel's counter once the model is built, so it "
+        "counts what is resident then (weights, runtime, allocator caches) plus what the steps "
+        "add (rank 0's under torchrun).",
         table(header, rows),
         f"- GradCache peak RSS vs plain at batch {args.batch}: whole run {rss:.2f}x "
         f"{verdict(rss)}, training {train_rss:.2f}x {verdict(train_rss)} (target ≤ "

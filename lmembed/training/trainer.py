@@ -156,11 +156,11 @@ def _train(config: TrainConfig, data: Triplets | None, ctx: Distributed) -> Trai
     output.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
     data = data if data is not None else load_triplets(config.data, limit=config.limit)
+    n_steps = total_steps(config, len(data))
+    check_sharding(config.batch_size, len(data), n_steps, ctx.world_size)
     embedder = build_embedder(config).to(ctx.device)
     seed_dropout(config.seed, ctx)
     loss_fn = build_loss(config.loss, config.temperature, config.hard_negatives, config.margin)
-    n_steps = total_steps(config, len(data))
-    check_sharding(config.batch_size, len(data), n_steps, ctx.world_size)
     trainable = [p for p in embedder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(config.warmup, n_steps), n_steps)

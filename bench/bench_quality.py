@@ -49,8 +49,8 @@ CHECK_TEXTS = 32
 
 
 def train_worker(system: str, recipe: dict, output: str, workdir: str) -> dict:
-    # The reference's quality run pads each role to its longest text and computes the
-    # logits of the last position only: the same embeddings (checked below), ~10x cheaper.
+    # The reference's quality run pads each role to its longest text and skips the LM
+    # head: the same embeddings (checked below), ~10x cheaper.
     extra = {"pad_to_max": False} if system == "reference" else {}
     return TRAINERS[system](recipe, output, **extra)
 
@@ -175,10 +175,10 @@ def report(plan: Recipe, runs: dict, scores: dict, checks: dict) -> None:
         table(["system", *tasks, "average", "final loss", "train s"], rows),
         "\n".join(verdicts),
         "Checks (cosine over 32 NLI sentences with the trained weights, mean / min): the "
-        "reference's quality run pads each role to its longest text and computes logits for "
-        f"the last position only, instead of padding to {plan.reference_max_length} with all "
-        "logits (left padding and position -1 either way; the full recipe would take over an "
-        "hour for 100 steps here). Its embeddings match the full recipe's at "
+        "reference's quality run pads each role to its longest text and skips the LM head, "
+        f"instead of padding to {plan.reference_max_length} and computing all logits (left "
+        "padding and position -1 either way; the full recipe would take over an hour for 100 "
+        "steps here). Its embeddings match the full recipe's at "
         f"{_pair(ref['quality_run_forward'])}; `Embedder` with the reference's LoRA matches "
         f"the full recipe at {_pair(ref['embedder'])}; `Embedder` with sentence-transformers' "
         f"LoRA matches `SentenceTransformer.encode` at {_pair(st['embedder'])}. Cosines "

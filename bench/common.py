@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import shlex
 import statistics
@@ -18,7 +17,6 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from lmembed.io import atomic_write_json, atomic_write_text
@@ -28,7 +26,6 @@ RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 IMAGES = ROOT / "docs" / "img"
 DOC_TITLE = "# Benchmarks\n"
-PACKAGES = ("torch", "transformers", "peft", "sentence-transformers", "lmembed")
 
 
 def data_dir() -> Path:
@@ -44,33 +41,15 @@ def nli_path() -> Path:
 
 
 def environment() -> dict:
-    """Hardware and versions, recorded with every result."""
-    import torch
+    """Hardware and versions (``lmembed.system``), the date and the command, for every result."""
+    from lmembed.system import machine, package_versions
 
-    versions = {"python": platform.python_version()}
-    for package in PACKAGES:
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = "not installed"
     return {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "torch_threads": torch.get_num_threads(),
-        "versions": versions,
+        **machine(),
+        "versions": package_versions(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": command_line(),
     }
-
-
-def _cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-    return match.group(1).strip() if match else platform.machine()
 
 
 def command_line() -> str:

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 from common import (
     alternating,
+    available_gib,
     environment,
     environment_block,
     fmt_ratio,
@@ -37,16 +39,39 @@ from systems import TRAINERS, Recipe
 SYSTEMS = ("lmembed", "reference", "sentence-transformers")
 TARGETS = {"reference": 8.0, "sentence-transformers": 1.2}
 HEADING = "Training throughput and memory"
+# Reference peak memory model (GiB): model and runtime, plus per triplet in the batch.
+REFERENCE_GIB = (1.5, 0.6)
 
 
 def train_worker(system: str, recipe: dict, workdir: str) -> dict:
     return TRAINERS[system](recipe, str(Path(workdir) / "run"))
 
 
+def reference_batch(batch: int) -> tuple[int, float]:
+    """The largest of ``batch``, ``batch / 2``, ... (down to 8) whose reference run fits in
+    the memory free now, and that free memory (GiB).
+
+    Padding to 150 tokens makes the reference hold the graph of ``3 x batch x 150``
+    tokens: 20.5 GB peak RSS at batch 32 here, which other jobs on a 24 GB machine can
+    push past the OOM killer. Its cost per triplet does not depend on the batch (every
+    text is padded to the same 150 tokens), so a smaller batch still measures it.
+    """
+    base, per_triplet = REFERENCE_GIB
+    free = available_gib()
+    while batch > 8 and base + per_triplet * batch > free:
+        batch //= 2
+    return batch, free
+
+
 def measure(system: str, recipe: Recipe) -> dict:
+    free = None
+    if system == "reference":
+        batch, free = reference_batch(recipe.batch_size)
+        recipe = replace(recipe, batch_size=batch)
     run = run_worker(__file__, "train", {"system": system, "recipe": recipe.to_dict()})
-    timed = run["step_s"][1:]
-    run["triplets_per_s"] = recipe.batch_size * len(timed) / sum(timed)
+    # The median step: a step that another process on the machine slowed is an outlier.
+    run["triplets_per_s"] = recipe.batch_size / statistics.median(run["step_s"][1:])
+    run.update(batch_size=recipe.batch_size, available_gib=free)
     print(f"{system}: {run['triplets_per_s']:.2f} triplets/s, peak RSS {run['peak_rss_mib']} MiB,"
           f" steps {[round(s, 2) for s in run['step_s']]}", flush=True)  # fmt: skip
     return run
@@ -104,13 +129,26 @@ def report(args: argparse.Namespace, recipes: dict[str, Recipe], runs: dict) -> 
         step = statistics.median(s for run in runs[system] for s in run["step_s"][1:])
         first_loss = statistics.median(run["losses"][0] for run in runs[system])
         ratio = "1" if system == "lmembed" else fmt_ratio(speedup[system])
+        batches = sorted({run["batch_size"] for run in runs[system]})
         rows.append([
-            system, f"{statistics.median(rate[system]):.2f}", f"{step:.2f}", ratio,
-            f"{statistics.median(rss[system]):.0f}", f"{first_loss:.4f}",
+            system, "/".join(map(str, batches)), f"{statistics.median(rate[system]):.2f}",
+            f"{step:.2f}", ratio, f"{statistics.median(rss[system]):.0f}", f"{first_loss:.4f}",
         ])  # fmt: skip
-    header = ["system", "triplets/s", "s/step", "lmembed speed-up", "peak RSS MiB",
+    header = ["system", "batch", "triplets/s", "s/step", "lmembed speed-up", "peak RSS MiB",
               "step-1 loss"]  # fmt: skip
     lm, ref = recipes["lmembed"], recipes["reference"]
+    small = [run for run in runs["reference"] if run["batch_size"] < lm.batch_size]
+    fallback = (
+        f" The reference ran at batch {small[0]['batch_size']} in {len(small)} of "
+        f"{args.repeats} repeats: at batch {lm.batch_size} it needs about "
+        f"{REFERENCE_GIB[0] + REFERENCE_GIB[1] * lm.batch_size:.0f} GiB and only "
+        f"{min(run['available_gib'] for run in small):.1f} GiB were free (other jobs share "
+        "the machine). Its work per triplet does not depend on the batch, since every text "
+        "is padded to the same length; its peak memory and step-1 loss are then those of "
+        "the smaller batch."
+        if small
+        else ""
+    )
     body = "\n\n".join([
         environment_block(env),
         f"gemma-3-270m with bf16 weights (LoRA weights fp32), the first {args.limit} NLI "
@@ -118,12 +156,14 @@ def report(args: argparse.Namespace, recipes: dict[str, Recipe], runs: dict) -> 
         f"systems on the same batches. {args.repeats} repeats, each system in a fresh process, "
         f"order rotated every repeat; lmembed and sentence-transformers run {lm.steps} steps, "
         f"the reference {ref.steps} (its steps are slow); the first step of each run is a "
-        "warm-up and not timed. Values are medians over repeats; a speed-up is lmembed's "
+        "warm-up and not timed, and a run's triplets/s uses its median step. Values are "
+        "medians over repeats; a speed-up is lmembed's "
         "triplets/s over the other system's in the same repeat, median (min-max). Peak RSS "
         "covers the whole process (model load included). The step-1 loss is the base "
         "model's loss on the first batch (LoRA B starts at zero) in all three: a check that "
         "they compute the same thing, equal up to bf16 rounding, which depends on how the "
-        "texts are padded (about ±0.1; in fp32, padding changes it by under 1e-5).",
+        "texts are padded (about ±0.1; in fp32, padding changes it by under 1e-5)."
+        + fallback,
         table(header, rows),
         f"- vs the reference recipe: {fmt_ratio(speedup['reference'])}, "
         f"{met(speedup['reference'], TARGETS['reference'])}; peak memory "
@@ -134,7 +174,8 @@ def report(args: argparse.Namespace, recipes: dict[str, Recipe], runs: dict) -> 
         "The reference recipe is the paper's code (trapoom555/Language-Model-STS-CFT) as "
         "written for one process: `AutoModelForCausalLM(..., output_hidden_states=True)` "
         "computes 262,144 vocabulary logits per token that are never used, and every text is "
-        f"padded to {ref.reference_max_length} tokens (NLI sentences average ~15). It pads on "
+        f"padded to {ref.reference_max_length} tokens (these NLI texts average ~14 with BOS and "
+        "EOS). It pads on "
         "the left, as the paper's Llama/Gemma tokenizers do, so position -1 is the appended "
         "EOS; with right padding position -1 would be a pad token for every short text. "
         "Texts are tokenized once before training, as in the paper's preprocessing, so its "

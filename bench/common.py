@@ -52,6 +52,13 @@ def environment() -> dict:
     }
 
 
+def available_gib() -> float:
+    """Memory the kernel can hand out now (``MemAvailable``), in GiB."""
+    text = Path("/proc/meminfo").read_text()
+    match = re.search(r"^MemAvailable:\s+(\d+) kB", text, re.MULTILINE)
+    return int(match.group(1)) / 2**20 if match else float("inf")
+
+
 def command_line() -> str:
     """The command that ran this script, relative to the repository root."""
     script = os.path.relpath(sys.argv[0], ROOT)

@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-
 from tiny_models import SHARED_DATA
+
 from lmembed.model.embedder import Embedder
 from lmembed.training.config import TrainConfig
 from lmembed.training.trainer import train

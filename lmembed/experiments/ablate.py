@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import platform
 import re
 import time
 import types
@@ -46,6 +45,7 @@ from lmembed.evaluation import evaluate
 from lmembed.experiments.demo import find_training_data
 from lmembed.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from lmembed.model.embedder import Embedder
+from lmembed.system import machine_summary
 from lmembed.training.config import TrainConfig, config_from_dict
 from lmembed.training.trainer import train
 
@@ -626,7 +626,7 @@ def _report(sweep: Sweep, base_rows: list[_Row], run_rows: list[_Row], command: 
         f"- **command**: `{command}`",
         f"- **setting**: {_setting_text(sweep)}",
         f"- **base config**: {_options_text(sweep.base)}",
-        f"- **hardware**: {_hardware()}",
+        f"- **hardware**: {machine_summary()}, torch {torch.__version__}",
         f"- **runs**: {len(sweep.settings)} settings in {len({r.study for r in run_rows})} "
         f"studies share {len(unique)} training runs (identical configs train once); "
         f"{sum(r.status == 'ok' for r in done)} ok, {sum(r.status == 'failed' for r in done)} "
@@ -725,14 +725,6 @@ def _options_text(config: TrainConfig) -> str:
     defaults = TrainConfig().to_dict()
     changed = {k: v for k, v in config.to_dict().items() if v != defaults[k] and k not in MANAGED}
     return ", ".join(f"{k}={_show(v)}" for k, v in changed.items()) or "the paper's defaults"
-
-
-def _hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with "
-        f"{torch.get_num_threads()} threads, {platform.system()}"
-    )
 
 
 def _time_text(records: list[dict[str, Any]]) -> str:

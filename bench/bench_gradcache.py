@@ -40,6 +40,8 @@ from common import (
     worker_main,
 )
 
+from lmembed.training.trainer import read_metrics
+
 HEADING = "GradCache and multi-process training"
 TARGET_RSS_RATIO = 0.5
 LAUNCHERS = {
@@ -96,7 +98,7 @@ def run(name: str, launcher: str, argv: list[str], workdir: Path) -> dict:
             stderr.seek(0)
             sys.exit(f"{name} failed:\n{stderr.read()[-4000:]}")
     output = Path(argv[argv.index("--output") + 1])
-    log = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+    log = read_metrics(output / "log.jsonl")
     batch = int(argv[argv.index("--batch-size") + 1])
     step_s = [batch / record["triplets_per_s"] for record in log[1:]]
     result = {

@@ -1,11 +1,12 @@
 """Quality at equal budget: the three trainers of ``systems.py``, 100 steps x 32 each.
 
 Same NLI triplets and batches, lr, schedule, seed and LoRA shape. Each trainer runs once
-(not repeated: ~25 minutes of CPU for the three) in its own process and saves its LoRA
+per seed (~25 minutes of CPU for the three) in its own process and saves its LoRA
 weights; all three are then scored through one ``Embedder`` (EOS, last token) with
 ``lmembed.evaluation.evaluate`` on STSb, BIOSSES and STS17 (Spearman x100), so only the
-training differs. Checks recorded with the scores: the reference's cheaper quality-run
-forward and the ``Embedder`` reproduce the reference's own embeddings, and the
+training differs. ``--seeds 42 7 1234`` repeats it per seed (``--resume`` keeps seeds
+already measured with the same recipe). Checks recorded with the scores: the reference's
+cheaper quality-run forward and the ``Embedder`` reproduce the reference's own embeddings, and the
 ``Embedder`` reproduces sentence-transformers' own ``encode``.
 
     flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_quality.py
@@ -17,12 +18,15 @@ writes ``bench/results/quality.json`` and the "Quality at equal budget" section 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from common import (
+    RESULTS,
     environment,
     environment_block,
     nli_path,
@@ -46,6 +50,7 @@ SYSTEMS = ("lmembed", "reference", "sentence-transformers")
 TASKS = ("stsb", "biosses", "sts17")
 HEADING = "Quality at equal budget"
 CHECK_TEXTS = 32
+RESULT = RESULTS / "quality.json"
 
 
 def train_worker(system: str, recipe: dict, output: str, workdir: str) -> dict:
@@ -98,12 +103,33 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[42], help="one training run per system and seed"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep seeds already in quality.json with the same recipe",
+    )
     args = parser.parse_args()
 
+    plan = Recipe(data=str(nli_path()), steps=args.steps, batch_size=args.batch_size)
+    previous = _previous(plan, args.tasks) if args.resume else {}
+    seeds = {}
+    for seed in args.seeds:
+        if str(seed) in previous:
+            print(f"seed {seed}: kept from {RESULT}", flush=True)
+            seeds[str(seed)] = previous[str(seed)]
+        else:
+            seeds[str(seed)] = train_and_score(replace(plan, seed=seed), args.tasks)
+    report(plan, args.tasks, seeds)
+
+
+def train_and_score(plan: Recipe, tasks: str) -> dict:
+    """Train the three systems with one seed, then score and check them."""
     from lmembed.data.triplets import load_triplets
     from lmembed.training.trainer import build_embedder
 
-    plan = Recipe(data=str(nli_path()), steps=args.steps, batch_size=args.batch_size)
     runs, scores, checks = {}, {}, {}
     texts = load_triplets(plan.data, limit=CHECK_TEXTS).anchors
     with tempfile.TemporaryDirectory(prefix="lmembed-quality-") as tmp:
@@ -111,86 +137,122 @@ def main() -> None:
         for system in SYSTEMS:
             params = {"system": system, "recipe": plan.to_dict(), "output": str(folders[system])}
             runs[system] = run_worker(__file__, "train", params)
-            print(f"{system}: trained in {sum(runs[system]['step_s']):.0f} s", flush=True)
+            print(f"seed {plan.seed}, {system}: trained in {sum(runs[system]['step_s']):.0f} s",
+                  flush=True)  # fmt: skip
         embedder = build_embedder(plan.train_config()).eval()
         with embedder.model.disable_adapter():
-            scores["base (no training)"] = score(embedder, args.tasks, cache=None)
+            scores["base (no training)"] = score(embedder, tasks, cache=None)
         for system in SYSTEMS:
             load_lora(embedder.model, folders[system])
-            scores[system] = score(embedder, args.tasks, cache=False)
-            print(f"{system}: {scores[system]}", flush=True)
-            if system == "reference":
-                checks[system] = reference_checks(plan, folders[system], embedder, texts)
-            if system == "sentence-transformers":
-                checks[system] = st_check(plan, folders[system], embedder, texts)
-    report(plan, runs, scores, checks)
-
-
-def report(plan: Recipe, runs: dict, scores: dict, checks: dict) -> None:
+            scores[system] = score(embedder, tasks, cache=False)
+            print(f"seed {plan.seed}, {system}: {scores[system]}", flush=True)
+        checks["reference"] = reference_checks(plan, folders["reference"], embedder, texts)
+        checks["sentence-transformers"] = st_check(
+            plan, folders["sentence-transformers"], embedder, texts
+        )
     for values in scores.values():
         values["average"] = round(float(np.mean(list(values.values()))), 2)
+    training = {system: {"seconds": round(sum(run["step_s"]), 1),
+                         "final_loss_mean_last_10": float(np.mean(run["losses"][-10:])),
+                         "losses": run["losses"], "peak_rss_mib": run["peak_rss_mib"]}
+                for system, run in runs.items()}  # fmt: skip
+    return {"scores": scores, "training": training, "checks_cosine": checks,
+            "date": environment()["date"]}  # fmt: skip
+
+
+def _previous(plan: Recipe, tasks: str) -> dict:
+    """Per-seed results of an earlier run with the same recipe (seed aside) and tasks."""
+    if not RESULT.is_file():
+        return {}
+    old = json.loads(RESULT.read_text(encoding="utf-8"))
+    same = {**old.get("recipe", {}), "seed": plan.seed} == plan.to_dict()
+    return old.get("seeds", {}) if same and old.get("tasks") == tasks else {}
+
+
+def report(plan: Recipe, tasks: str, seeds: dict) -> None:
     env = environment()
     save_result("quality", {
         "what": f"STS Spearman x100 after {plan.steps} steps x {plan.batch_size}, "
-                "gemma-3-270m, one run each",
+                f"gemma-3-270m, one run per system and seed ({', '.join(seeds)})",
         "environment": env,
         "recipe": plan.to_dict(),
-        "scores": scores,
-        "checks_cosine": checks,
-        "training": {system: {"seconds": round(sum(run["step_s"]), 1),
-                              "final_loss_mean_last_10": float(np.mean(run["losses"][-10:])),
-                              "losses": run["losses"], "peak_rss_mib": run["peak_rss_mib"]}
-                     for system, run in runs.items()},
+        "tasks": tasks,
+        "seeds": seeds,
     })  # fmt: skip
 
-    tasks = [name for name in next(iter(scores.values())) if name != "average"]
+    runs = list(seeds.values())
+    names = [name for name in runs[0]["scores"]["lmembed"] if name != "average"]
+    columns = [*names, "average"]
+
+    def mean(system: str, key: str) -> float:
+        return float(np.mean([run["scores"][system][key] for run in runs]))
+
     rows = []
-    for system, values in scores.items():
-        run = runs.get(system)
-        seconds = f"{sum(run['step_s']):.0f}" if run else "–"
-        loss = f"{np.mean(run['losses'][-10:]):.3f}" if run else "–"
-        rows.append([system, *[f"{values[t]:.2f}" for t in [*tasks, "average"]], loss, seconds])
-    ours = scores["lmembed"]
+    for system in runs[0]["scores"]:
+        trained = system in SYSTEMS
+        per_seed = " / ".join(f"{run['scores'][system]['average']:.2f}" for run in runs)
+        loss = np.mean([run["training"][system]["final_loss_mean_last_10"] for run in runs]
+                       ) if trained else None  # fmt: skip
+        seconds = np.mean([run["training"][system]["seconds"] for run in runs]) if trained else 0
+        rows.append([system, *[f"{mean(system, c):.2f}" for c in columns],
+                     per_seed if trained and len(runs) > 1 else "–",
+                     f"{loss:.3f}" if trained else "–",
+                     f"{seconds:.0f}" if trained else "–"])  # fmt: skip
     verdicts = []
     for other in ("reference", "sentence-transformers"):
-        better = [t for t in [*tasks, "average"] if ours[t] >= scores[other][t]]
-        verdict = "met" if ours["average"] >= scores[other]["average"] else "missed"
+        gap = mean("lmembed", "average") - mean(other, "average")
+        better = [c for c in columns if mean("lmembed", c) >= mean(other, c)]
+        wins = sum(run["scores"]["lmembed"]["average"] >= run["scores"][other]["average"]
+                   for run in runs)  # fmt: skip
         verdicts.append(
-            f"- vs {other}: average {ours['average'] - scores[other]['average']:+.2f} "
-            f"(**{verdict}** on the average; lmembed ≥ on {', '.join(better) or 'none'})."
+            f"- vs {other}: average {gap:+.2f} (**{'met' if gap >= 0 else 'missed'}** on the "
+            f"mean average; lmembed ≥ on {', '.join(better) or 'none'}; ahead with "
+            f"{wins} of {len(runs)} seeds)."
         )
-    ref, st = checks["reference"], checks["sentence-transformers"]
-    minutes = sum(sum(run["step_s"]) for run in runs.values()) / 60
+    checks = [run["checks_cosine"] for run in runs]
+    minutes = sum(sum(r["training"][s]["seconds"] for s in SYSTEMS) for r in runs) / 60
+    how = (
+        "Each trainer ran once"
+        if len(runs) == 1
+        else f"Each trainer ran once per seed ({', '.join(seeds)}), table: means over seeds"
+    )
+    noise = (
+        "One seed per system, so differences of a point or so may be seed noise."
+        if len(runs) == 1
+        else "The *per seed* column shows how far one system moves with the seed alone."
+    )
     body = "\n\n".join([
         environment_block(env),
-        f"Each trainer ran once, not repeated (training alone took {minutes:.0f} minutes "
-        f"for the three): {plan.steps} steps x {plan.batch_size} on the shared NLI triplets "
-        f"(the same batches for all), lr {plan.lr} with {plan.warmup} warm-up steps and "
-        f"cosine decay, AdamW (weight decay {plan.weight_decay}), gradient clipping 1.0, seed "
-        f"{plan.seed}, LoRA 8/32/0.1 on q_proj/v_proj over bf16 weights. Every trained LoRA "
+        f"{how}; training alone took {minutes:.0f} minutes in all. {plan.steps} steps x "
+        f"{plan.batch_size} on the shared NLI triplets (the same batches for all systems "
+        f"at a given seed), lr {plan.lr} with {plan.warmup} warm-up steps and "
+        f"cosine decay, AdamW (weight decay {plan.weight_decay}), gradient clipping 1.0, "
+        "LoRA 8/32/0.1 on q_proj/v_proj over bf16 weights. Every trained LoRA "
         "is scored through the same `Embedder` (EOS appended, last token) with "
         "`lmembed.evaluation.evaluate`: Spearman x100. The loss column is the mean of the "
-        "last 10 steps. One run per system, so differences of a point or so may be seed "
-        "noise (not measured here).",
-        table(["system", *tasks, "average", "final loss", "train s"], rows),
+        f"last 10 steps. {noise}",
+        table(["system", *columns, "average per seed", "final loss", "train s"], rows),
         "\n".join(verdicts),
-        "Checks (cosine over 32 NLI sentences with the trained weights, mean / min): the "
-        "reference's quality run pads each role to its longest text and skips the LM head, "
-        f"instead of padding to {plan.reference_max_length} and computing all logits (left "
-        "padding and position -1 either way; the full recipe would take over an hour for 100 "
-        "steps here). Its embeddings match the full recipe's at "
-        f"{_pair(ref['quality_run_forward'])}; `Embedder` with the reference's LoRA matches "
-        f"the full recipe at {_pair(ref['embedder'])}; `Embedder` with sentence-transformers' "
-        f"LoRA matches `SentenceTransformer.encode` at {_pair(st['embedder'])}. Cosines "
-        "below 1 come from bf16 rounding, which depends on the padding (in fp32, padding "
-        "moves an embedding by under 1e-6 in cosine). The reference keeps the paper's "
-        "gaussian LoRA init and one forward pass per role.",
+        "Checks (cosine over 32 NLI sentences with the trained weights, mean / min, the "
+        "worst over seeds): the reference's quality run pads each role to its longest text "
+        f"and skips the LM head, instead of padding to {plan.reference_max_length} and "
+        "computing all logits (left padding and position -1 either way; the full recipe "
+        "would take over an hour for 100 steps here). Its embeddings match the full "
+        f"recipe's at {_worst(checks, 'reference', 'quality_run_forward')}; `Embedder` with "
+        "the reference's LoRA matches the full recipe at "
+        f"{_worst(checks, 'reference', 'embedder')}; `Embedder` with sentence-transformers' "
+        "LoRA matches `SentenceTransformer.encode` at "
+        f"{_worst(checks, 'sentence-transformers', 'embedder')}. Cosines below 1 come from "
+        "bf16 rounding, which depends on the padding (in fp32, padding moves an embedding "
+        "by under 1e-6 in cosine). The reference keeps the paper's gaussian LoRA init and "
+        "one forward pass per role.",
     ])  # fmt: skip
     replace_section(HEADING, body)
 
 
-def _pair(check: dict) -> str:
-    return f"{check['mean']:.4f} / {check['min']:.4f}"
+def _worst(checks: list[dict], system: str, check: str) -> str:
+    values = [c[system][check] for c in checks]
+    return f"{min(v['mean'] for v in values):.4f} / {min(v['min'] for v in values):.4f}"
 
 
 if __name__ == "__main__" and not worker_main({"train": train_worker}):

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmembed.cli import main as lmembed_main  # noqa: E402
 from lmembed.io import atomic_write_json  # noqa: E402
+from lmembed.training.trainer import read_metrics  # noqa: E402
 
 # ~/.cache/lmembed/models/gemma-3-270m-q4_k_m-*/config.json (the dequantised GGUF).
 GEMMA_3_270M = {
@@ -133,7 +134,7 @@ def run(root: Path, name: str, steps: int, batch: int, mini: int | None) -> dict
     began = time.perf_counter()
     lmembed_main(argv)
     wall = time.perf_counter() - began
-    log = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+    log = read_metrics(output / "log.jsonl")
     step_s = statistics.median(batch / r["triplets_per_s"] for r in log[1:] or log)
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     result = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModel, PreTrainedTokenizerFast
@@ -21,8 +22,17 @@ from transformers.models.qwen2.configuration_qwen2 import Qwen2Config
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SHARED_DATA = Path(
-    os.environ.get("LMEMBED_DATA_DIR", Path(__file__).parents[2] / "shared" / "data")
+    os.environ.get("LMEMBED_DATA_DIR") or Path(__file__).parents[2] / "shared" / "data"
 )
+
+
+def shared_data_dir() -> Path:
+    """``SHARED_DATA``; skips the test when the read-only benchmark copy is absent."""
+    if not (SHARED_DATA / "sts").is_dir():
+        pytest.skip(f"shared benchmark data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 TINY = dict(
     hidden_size=32,

@@ -124,13 +124,20 @@ class MetricsLog:
     def __init__(self, path: Path, keep_until_step: int) -> None:
         self.path = path
         if path.exists():
-            lines = path.read_text(encoding="utf-8").splitlines()
-            kept = [line for line in lines if json.loads(line)["step"] <= keep_until_step]
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
+            kept = [r for r in read_metrics(path) if r["step"] <= keep_until_step]
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict) -> None:
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The per-step records of a ``log.jsonl`` (empty when training has not started)."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line]
 
 
 def train(config: TrainConfig, data: Triplets | None = None) -> TrainResult:

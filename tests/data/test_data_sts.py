@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _shared_data import shared_data_dir as find_shared_data
+from tiny_models import shared_data_dir as find_shared_data
 
 from lmembed.data import (
     ALL_TASKS,

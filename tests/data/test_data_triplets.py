@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from _shared_data import shared_data_dir as find_shared_data
+from tiny_models import shared_data_dir as find_shared_data
 
 from lmembed.data import DataError, Triplets, load_triplets
 from lmembed.data.hub import looks_like_hub_id

@@ -1,4 +1,4 @@
-"""all-MiniLM-L6-v2 behind lmembed's Encoder protocol, plus the shared data location.
+"""all-MiniLM-L6-v2 (sentence-transformers) behind lmembed's Encoder protocol.
 
 A plain module, not a conftest, so it cannot shadow the top-level ``conftest``.
 """
@@ -10,45 +10,23 @@ import importlib.util
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from lmembed.model.embedder import EmbeddingSpec
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def shared_data_dir() -> Path:
-    """$LMEMBED_DATA_DIR, else <repo>/../shared/data; skips the test when it is absent."""
-    path = Path(
-        os.environ.get("LMEMBED_DATA_DIR") or Path(__file__).parents[2].parent / "shared" / "data"
-    )
-    if not (path / "sts").is_dir():
-        pytest.skip(f"shared benchmark data not found at {path}")
-    return path
-
-
-@dataclass
-class Spec:
-    model: str
-    adapter: str | None = None
-    prompt: str | None = None
-    pooling: str = "mean"
-    max_length: int = 256
-    dtype: str = "float32"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 class STEncoder:
     """A SentenceTransformer behind lmembed's Encoder protocol."""
 
-    def __init__(self, model: Any, spec: Spec) -> None:
+    def __init__(self, model: Any, spec: EmbeddingSpec) -> None:
         self.model = model
         self.spec = spec
 
@@ -66,7 +44,8 @@ def _load() -> STEncoder | None:
     folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     from sentence_transformers import SentenceTransformer
 
-    return STEncoder(SentenceTransformer(str(folder), device="cpu"), Spec(model=str(folder)))
+    spec = EmbeddingSpec(str(folder), pooling="mean", max_length=256, dtype="fp32")
+    return STEncoder(SentenceTransformer(str(folder), device="cpu"), spec)
 
 
 @contextmanager

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from _minilm import minilm as load_minilm
-from _minilm import shared_data_dir as find_shared_data
+from tiny_models import shared_data_dir as find_shared_data
 
 from lmembed.data import ALL_TASKS, load_sts
 from lmembed.evaluation import evaluate, score_task

@@ -3,9 +3,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -20,19 +18,7 @@ from lmembed.evaluation import (
     score_task,
     to_markdown,
 )
-
-
-@dataclass
-class Spec:
-    model: str
-    adapter: str | None = None
-    prompt: str | None = None
-    pooling: str = "mean"
-    max_length: int = 128
-    dtype: str = "float32"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from lmembed.model.embedder import EmbeddingSpec
 
 
 @pytest.fixture(autouse=True)
@@ -47,8 +33,8 @@ SENTENCES = ["a cat", "a dog", "the sun", "a kitten", "the moon", "rain"]
 class HashEncoder:
     """Deterministic random vectors per text; counts what it was asked to encode."""
 
-    def __init__(self, spec: Spec | None = None, dim: int = 8) -> None:
-        self.spec = spec or Spec(model="hash")
+    def __init__(self, spec: EmbeddingSpec | None = None, dim: int = 8) -> None:
+        self.spec = spec or EmbeddingSpec("hash", pooling="mean", dtype="fp32")
         self.dim = dim
         self.calls: list[list[str]] = []
 
@@ -142,14 +128,14 @@ def test_base_model_scores_are_cached(tmp_path: Path) -> None:
     evaluate(changed, "stsb,biosses", data_dir, progress=False)
     assert len(changed.calls) == 1  # only the task whose file changed is re-scored
 
-    other = HashEncoder(Spec(model="hash", prompt="query: "))
+    other = HashEncoder(EmbeddingSpec("hash", pooling="mean", dtype="fp32", prompt="query: {s}"))
     evaluate(other, "stsb", data_dir, progress=False)
     assert len(other.calls) == 1
 
 
 def test_adapters_are_not_cached_unless_asked(tmp_path: Path) -> None:
     data_dir = _data_dir(tmp_path)
-    spec = Spec(model="hash", adapter=str(tmp_path / "adapter"))
+    spec = EmbeddingSpec("hash", pooling="mean", dtype="fp32", adapter=str(tmp_path / "adapter"))
     for _ in range(2):
         encoder = HashEncoder(spec)
         evaluate(encoder, "stsb", data_dir, progress=False)

@@ -10,7 +10,7 @@ import pytest
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from lmembed.cli import main
-from lmembed.experiments import ablate
+from lmembed.experiments import ablate, ablation_report
 from lmembed.experiments.ablate import load_sweep, run_ablation
 from lmembed.training.trainer import NonFiniteLossError
 
@@ -172,7 +172,7 @@ def test_sweep_writes_csv_report_and_plots(finished):
         "## Failed runs",
     ):
         assert text in report  # fmt: skip
-    for name in ablate.PLOTS:
+    for name in ablation_report.PLOTS:
         assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in report
 
@@ -288,3 +288,16 @@ def test_cli_reports_an_unknown_option_without_a_traceback(tmp_path, capsys, sts
     assert stop.value.code == 2
     error = capsys.readouterr().err
     assert "bad.yaml, study 's', run 'lora_rank=4'" in error and "lora_rank" in error
+
+
+def test_a_seed_only_study_reports_its_spread():
+    def row(seed: int, average: float | None) -> ablation_report._Row:
+        record = {"status": "ok", "eval": {"average": {"spearman": average}}}
+        return ablation_report._Row(
+            "seed", f"seed={seed}", f"seed={seed}", {"seed": seed}, ("seed",), "{}",
+            record if average is not None else None,
+        )  # fmt: skip
+
+    text = ablation_report._seed_spread([row(1, 70.0), row(2, 74.0), row(3, 72.0), row(4, None)])
+    assert "over 3 seeds: mean 72.00, standard deviation 2.00, range 70.00–74.00 (4.00" in text
+    assert "needs two" in ablation_report._seed_spread([row(1, 70.0)])

@@ -21,8 +21,17 @@ pytestmark = [
 
 def test_smollm2_twenty_steps_loss_falls_and_adapter_reloads(tmp_path):
     output = tmp_path / "smollm2"
-    config = TrainConfig(model="smollm2-135m", data=str(NLI), output=str(output), steps=20,
-                         batch_size=16, lr=2e-3, warmup=2, max_length=64, save_every=10)
+    config = TrainConfig(
+        model="smollm2-135m",
+        data=str(NLI),
+        output=str(output),
+        steps=20,
+        batch_size=16,
+        lr=2e-3,
+        warmup=2,
+        max_length=64,
+        save_every=10,
+    )
     result = train(config)
     losses = [json.loads(line)["loss"] for line in (output / "log.jsonl").read_text().splitlines()]
     assert len(losses) == 20
@@ -34,8 +43,9 @@ def test_smollm2_twenty_steps_loss_falls_and_adapter_reloads(tmp_path):
     embedder = Embedder.from_pretrained(adapter=output)
     assert embedder.spec.model == "smollm2-135m"
     assert embedder.tokenizer.pad_token_id == embedder.tokenizer.eos_token_id
-    vectors = embedder.encode(["A man is playing a guitar.", "Someone plays music.",
-                               "The stock market fell today."])
+    vectors = embedder.encode(
+        ["A man is playing a guitar.", "Someone plays music.", "The stock market fell today."]
+    )
     assert vectors.shape == (3, 576) and np.isfinite(vectors).all()
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     assert unit[0] @ unit[1] > unit[0] @ unit[2]

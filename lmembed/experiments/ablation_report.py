@@ -303,7 +303,7 @@ def _panels(run_rows: list[_Row], width: float = 4.6) -> tuple[Any, list[tuple[A
 
 def _png(fig: Any, title: str) -> bytes:
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05 if fig.legends else 0, 1, 1))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
@@ -314,15 +314,21 @@ def _nan(value: float | None) -> float:
 
 
 def _average_chart(sweep: Sweep, base_rows: list[_Row], run_rows: list[_Row]) -> bytes:
-    """Average per setting, one panel per study; a black bar marks the base model."""
+    """Average per setting, one panel per study; a black bar marks the base model and a
+    grey band the seed study's range (how far the base setting moves by chance)."""
     fig, panels = _panels(run_rows)
     values = [v for r in run_rows + base_rows if (v := r.score(None)) is not None]
     low, high = min([0.0, *values]), max([1.0, *values])
     pad = 0.15 * (high - low)
+    seeds = [v for r in run_rows if r.changed == ("seed",) and (v := r.score(None)) is not None]
     for ax, _, rows in panels:
         x = np.arange(len(rows))
+        if len(seeds) > 1:
+            ax.axhspan(min(seeds), max(seeds), color="#333333", alpha=0.3, zorder=2.5,
+                       label=f"seed range, {len(seeds)} seeds of the base setting")  # fmt: skip
         averages = [r.score(None) for r in rows]
-        bars = ax.bar(x, [_nan(v) for v in averages], 0.6, color="#2f6fdf", label="fine-tuned")
+        bars = ax.bar(x, [_nan(v) for v in averages], 0.6, color="#2f6fdf", alpha=0.85,
+                      label="fine-tuned")  # fmt: skip
         ax.bar_label(bars, labels=[_md(v, "") for v in averages], fontsize=7, padding=1)
         for i, row in enumerate(rows):
             if row.status != "ok":
@@ -335,7 +341,9 @@ def _average_chart(sweep: Sweep, base_rows: list[_Row], run_rows: list[_Row]) ->
         ax.grid(axis="y", alpha=0.3)
     if panels:
         panels[0][0].set_ylabel("Spearman x100, average")
-        panels[0][0].legend(loc="upper left", bbox_to_anchor=(0, -0.25), fontsize=7, ncol=2)
+        handles, labels = panels[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False,
+                   markerscale=0.4)  # fmt: skip
     return _png(fig, f"average over {', '.join(sweep.tasks)}")
 
 

@@ -195,7 +195,7 @@ def section(args: argparse.Namespace, env: dict, runs: dict, ratios: dict) -> st
         return "**met**" if value <= TARGET_RSS_RATIO else "**missed**"
 
     return "\n\n".join([
-        environment_block(env),
+        environment_block(env, target="make bench-all"),
         f"`lmembed train` on the shared NLI triplets, lr 5e-4, seed 0, each run a fresh process "
         f"tree. Memory comparison: {args.steps} steps; 2-vs-1 comparison: {args.dp_steps} steps. "
         "s/step is the median over steps 2..N. Peak RSS (whole run) includes the model load; "

@@ -157,7 +157,7 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
     ]  # fmt: skip
     body = "\n\n".join(
         [
-            environment_block(env),
+            environment_block(env, target="make bench-all"),
             f"`lmembed serve --model {args.model} --dtype {args.dtype}` with a "
             f"{args.window_ms:g} ms micro-batch window vs `--no-batching` (one `encode` call "
             f"per request; both run the model in one worker thread). Each round: "

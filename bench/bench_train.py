@@ -80,9 +80,9 @@ def measure(system: str, recipe: Recipe) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=6, help="steps per run, the first untimed")
-    parser.add_argument("--reference-steps", type=int, default=3,
-                        help="steps per reference run (its steps are ~10x slower)")  # fmt: skip
+    parser.add_argument("--steps", type=int, default=4, help="steps per run, the first untimed")
+    parser.add_argument("--reference-steps", type=int, default=2,
+                        help="steps per reference run (~1 min each at batch 32)")  # fmt: skip
     parser.add_argument("--limit", type=int, default=640, help="the first N triplets")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()

@@ -146,8 +146,9 @@ def save_result(name: str, result: dict) -> Path:
     return path
 
 
-def environment_block(env: dict, note: str = "") -> str:
-    """Markdown lines that say where, with what and how a section's numbers were measured."""
+def environment_block(env: dict, note: str = "", target: str = "make bench") -> str:
+    """Markdown lines that say where, with what and how a section's numbers were measured;
+    ``target`` is the make target that runs the script."""
     v = env["versions"]
     lines = [
         f"- Hardware: {env['cpu']}, {env['cores']} cores, {env['ram_gib']} GiB RAM, "
@@ -155,7 +156,7 @@ def environment_block(env: dict, note: str = "") -> str:
         f"- Versions: Python {v['python']}, torch {v['torch']}, transformers "
         f"{v['transformers']}, peft {v['peft']}, sentence-transformers "
         f"{v['sentence-transformers']}",
-        f"- Command (`make bench` runs it under `flock /tmp/lmembed-cpu.lock`): "
+        f"- Command (`{target}` runs it under `flock /tmp/lmembed-cpu.lock`): "
         f"`{env['command']}`, {env['date']}",
     ]
     if note:

@@ -91,6 +91,9 @@ def st_check(plan: Recipe, folder: Path, embedder, texts: list[str]) -> dict:
     return {"embedder": agreement(embedder.embed(texts), theirs)}
 
 
+CHECKS = {"reference": reference_checks, "sentence-transformers": st_check}
+
+
 def score(embedder, tasks: str, cache: bool) -> dict:
     from lmembed import evaluate
 
@@ -146,10 +149,8 @@ def train_and_score(plan: Recipe, tasks: str) -> dict:
             load_lora(embedder.model, folders[system])
             scores[system] = score(embedder, tasks, cache=False)
             print(f"seed {plan.seed}, {system}: {scores[system]}", flush=True)
-        checks["reference"] = reference_checks(plan, folders["reference"], embedder, texts)
-        checks["sentence-transformers"] = st_check(
-            plan, folders["sentence-transformers"], embedder, texts
-        )
+            if system in CHECKS:  # while ``embedder`` holds this system's LoRA
+                checks[system] = CHECKS[system](plan, folders[system], embedder, texts)
     for values in scores.values():
         values["average"] = round(float(np.mean(list(values.values()))), 2)
     training = {system: {"seconds": round(sum(run["step_s"]), 1),

@@ -35,6 +35,7 @@ from lmembed.data.triplets import Triplets, load_triplets
 from lmembed.model.embedder import Embedder
 from lmembed.training.config import TrainConfig
 from lmembed.training.sampler import batch_indices
+from lmembed.training.trainer import read_metrics
 
 LORA_FILE = "lora.safetensors"
 LORA_TARGETS = ("q_proj", "v_proj")
@@ -147,14 +148,13 @@ def _cosine_schedule(optimizer: torch.optim.Optimizer, recipe: Recipe):
 
 def train_lmembed(recipe: dict, output: str, data: Triplets | None = None) -> dict:
     """``lmembed.training.train``; step times are the ones it logs (tokenization included)."""
-    import json
 
     from lmembed.training import train
 
     plan = Recipe(**recipe)
     folder = Path(output)
     train(plan.train_config(folder), data)
-    log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    log = read_metrics(folder / "log.jsonl")
     save_lora(load_file(str(folder / "adapter_model.safetensors")), folder)
     return {
         "step_s": [plan.batch_size / record["triplets_per_s"] for record in log],

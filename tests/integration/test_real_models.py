@@ -1,14 +1,12 @@
 """Real packaged models: SmolLM2-135M trains on the shared NLI triplets and reloads."""
 
-import json
-
 import numpy as np
 import pytest
 from tiny_models import SHARED_DATA
 
 from lmembed.model.embedder import Embedder
 from lmembed.training.config import TrainConfig
-from lmembed.training.trainer import train
+from lmembed.training.trainer import read_metrics, train
 
 NLI = SHARED_DATA / "nli" / "snli_devtest_triplets_tok.csv.gz"
 
@@ -33,7 +31,7 @@ def test_smollm2_twenty_steps_loss_falls_and_adapter_reloads(tmp_path):
         save_every=10,
     )
     result = train(config)
-    losses = [json.loads(line)["loss"] for line in (output / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in read_metrics(output / "log.jsonl")]
     assert len(losses) == 20
     # SmolLM2 starts highly anisotropic (cos ~0.98 between any two texts), so 20
     # steps move the loss less than for Gemma; a 5% drop is far outside step noise.

@@ -33,6 +33,7 @@ from lmembed.training.sampler import batch_indices
 from lmembed.training.trainer import (
     build_embedder,
     forward_backward,
+    read_metrics,
     seed_everything,
     train,
     triplet_batch,
@@ -171,7 +172,7 @@ def test_kill_and_torchrun_resume_equals_uninterrupted_run(two_process_runs, tin
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)
 
     def log(run):
-        return [json.loads(line) for line in (root / run / "log.jsonl").read_text().splitlines()]
+        return read_metrics(root / run / "log.jsonl")
 
     assert [r["step"] for r in log("resumed")] == [1, 2, 3, 4]  # rank 0 alone wrote it
     assert [r["loss"] for r in log("resumed")] == [r["loss"] for r in log("straight")]

@@ -13,7 +13,7 @@ from lmembed.model.lora import attach_lora
 from lmembed.training import trainer as trainer_module
 from lmembed.training.config import TrainConfig, config_from_dict, load_config
 from lmembed.training.sampler import batch_indices
-from lmembed.training.trainer import NonFiniteLossError, build_embedder, train
+from lmembed.training.trainer import NonFiniteLossError, build_embedder, read_metrics, train
 
 
 def _config(model, data, output, **changes) -> TrainConfig:
@@ -75,7 +75,7 @@ def test_adapter_reload_reproduces_embeddings(tiny_llama, triplets_csv, tmp_path
     np.testing.assert_array_equal(
         reloaded.encode(["a man is eating .", "the dog"]), captured["vectors"]
     )
-    log = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+    log = read_metrics(output / "log.jsonl")
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     assert all(np.isfinite(r["loss"]) for r in log)
 

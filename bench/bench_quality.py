@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from common import (
     RESULTS,
+    data_dir,
     environment,
     environment_block,
     nli_path,
@@ -97,7 +98,7 @@ CHECKS = {"reference": reference_checks, "sentence-transformers": st_check}
 def score(embedder, tasks: str, cache: bool) -> dict:
     from lmembed import evaluate
 
-    result = evaluate(embedder, tasks=tasks, progress=False, cache=cache)
+    result = evaluate(embedder, tasks, data_dir(), progress=False, cache=cache)
     return {name: round(values["spearman"], 2) for name, values in result["tasks"].items()}
 
 

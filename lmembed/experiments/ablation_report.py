@@ -219,9 +219,14 @@ def _study_table(sweep: Sweep, study: str, base_rows: list[_Row], rows: list[_Ro
     return [*lines, ""]
 
 
+def _seed_averages(rows: list[_Row]) -> list[float]:
+    """Averages of the finished runs that change nothing but the seed."""
+    return [v for r in rows if r.changed == ("seed",) and (v := r.score(None)) is not None]
+
+
 def _seed_spread(rows: list[_Row]) -> str:
     """A seed-only study measures noise: how far the average moves with nothing else changed."""
-    averages = [v for r in rows if (v := r.score(None)) is not None]
+    averages = _seed_averages(rows)
     if len(averages) < 2:
         return "Seed spread: needs two finished seeds."
     return (
@@ -320,7 +325,7 @@ def _average_chart(sweep: Sweep, base_rows: list[_Row], run_rows: list[_Row]) ->
     values = [v for r in run_rows + base_rows if (v := r.score(None)) is not None]
     low, high = min([0.0, *values]), max([1.0, *values])
     pad = 0.15 * (high - low)
-    seeds = [v for r in run_rows if r.changed == ("seed",) and (v := r.score(None)) is not None]
+    seeds = _seed_averages(run_rows)
     for ax, _, rows in panels:
         x = np.arange(len(rows))
         if len(seeds) > 1:

@@ -1,15 +1,16 @@
-"""Models: loading specs, the Embedder, pooling and LoRA."""
+"""Models: loading specs, the embedding spec, the Embedder, pooling and LoRA."""
 
-from lmembed.model.embedder import Embedder, EmbeddingSpec
+from lmembed.model.embedder import Embedder
 from lmembed.model.loading import PACKAGED_MODELS, load_backbone
-from lmembed.model.lora import attach_lora, merge_lora, save_adapter
+from lmembed.model.lora import LoraOptions, attach_lora
+from lmembed.model.spec import EmbeddingSpec, resolve_spec
 
 __all__ = [
     "PACKAGED_MODELS",
     "Embedder",
     "EmbeddingSpec",
+    "LoraOptions",
     "attach_lora",
     "load_backbone",
-    "merge_lora",
-    "save_adapter",
+    "resolve_spec",
 ]

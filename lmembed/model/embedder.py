@@ -7,8 +7,6 @@ embedding function can't drift between the two.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -17,59 +15,16 @@ from tqdm.auto import tqdm
 from transformers import BatchEncoding, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from lmembed.io import atomic_write_json
-from lmembed.model.loading import DTYPES, load_backbone, packaged_defaults
-from lmembed.model.pooling import POOLING_METHODS, pool
+from lmembed.model.loading import load_backbone
+from lmembed.model.lora import load_adapter, merge_lora, save_adapter
+from lmembed.model.pooling import pool
+from lmembed.model.spec import EmbeddingSpec, Role, resolve_spec
 
-SPEC_FILE = "lmembed.json"
 # What one more forward pass costs, in tokens of compute, when planning chunks. On CPU
 # compute is per token (gemma-3-270m training: ~2 ms a token, ~75 ms a pass, so a pass
 # is worth ~40 tokens; 64 leans to fewer passes); accelerators pad almost for free but
 # pay per launch, so there chunks are only re-cut, never added.
 SPLIT_COST_TOKENS = {"cpu": 64.0}
-ONLY_NEEDED_SPLITS = 1e12
-
-
-@dataclass
-class EmbeddingSpec:
-    """Everything that defines the embedding function; saved with adapters and results."""
-
-    model: str
-    adapter: str | None = None
-    prompt: str | None = None
-    pooling: str = "last"
-    max_length: int = 128
-    dtype: str = "bf16"
-    append_eos: bool = True
-    trust_remote_code: bool = False
-
-    def __post_init__(self) -> None:
-        if self.prompt is not None and "{s}" not in self.prompt:
-            raise ValueError(f"prompt template must contain '{{s}}', got {self.prompt!r}")
-        if self.pooling not in POOLING_METHODS:
-            raise ValueError(f"pooling must be one of {POOLING_METHODS}, got {self.pooling!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-        if self.max_length < 2:
-            raise ValueError(f"max_length must be at least 2, got {self.max_length}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> EmbeddingSpec:
-        known = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in known})
-
-    def save(self, folder: str | Path) -> None:
-        atomic_write_json(Path(folder) / SPEC_FILE, self.to_dict())
-
-    @classmethod
-    def load(cls, folder: str | Path) -> EmbeddingSpec:
-        path = Path(folder) / SPEC_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{folder} is not an lmembed adapter folder: no {SPEC_FILE}")
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
 class Embedder(torch.nn.Module):
@@ -91,57 +46,48 @@ class Embedder(torch.nn.Module):
         cls,
         model: str | None = None,
         adapter: str | Path | None = None,
-        prompt: str | None = None,
-        pooling: str | None = None,
-        max_length: int | None = None,
-        dtype: str | None = None,
-        trust_remote_code: bool = False,
         device: str | torch.device | None = None,
+        **options: object,
     ) -> Embedder:
-        """Load a model, optionally with a trained adapter.
+        """Load a model, optionally with a trained adapter (options: ``EmbeddingSpec`` fields).
 
-        With ``adapter``, every option left as ``None`` (the model too) is restored
-        from the adapter's saved spec, so the training-time function comes back. A
-        model folder with its own ``lmembed.json`` (``lmembed export --format merged``)
-        restores its options the same way.
+        Options left out (or ``None``) come from the adapter's saved spec (or a merged
+        export's), so the training-time function comes back; see ``resolve_spec``.
         """
-        spec_folder = adapter if adapter is not None else _folder_with_spec(model)
-        saved = EmbeddingSpec.load(spec_folder).to_dict() if spec_folder is not None else {}
-        model = model or saved.get("model")
-        if model is None:
-            raise ValueError("give a model, or an adapter folder that records one")
-        packaged = packaged_defaults(model)
-        defaults = {
-            "pooling": packaged.pooling if packaged else "last",
-            "max_length": packaged.max_length if packaged else 128,
-            "dtype": "bf16",
-        }
-        given = {"prompt": prompt, "pooling": pooling, "max_length": max_length, "dtype": dtype}
-        options = {**defaults, **saved, **{k: v for k, v in given.items() if v is not None}}
-        options.update(model=model, adapter=str(adapter) if adapter else None)
-        options["trust_remote_code"] = trust_remote_code or saved.get("trust_remote_code", False)
-        spec = EmbeddingSpec.from_dict(options)
-        backbone, tokenizer = load_backbone(spec.model, spec.dtype, spec.trust_remote_code)
-        if adapter is not None:
-            from lmembed.model.lora import load_adapter
+        return cls.from_spec(resolve_spec(options, model=model, adapter=adapter), device)
 
-            backbone = load_adapter(backbone, adapter)
+    @classmethod
+    def from_spec(cls, spec: EmbeddingSpec, device: str | torch.device | None = None) -> Embedder:
+        """Build the embedding function a spec describes (backbone, then its adapter)."""
+        backbone, tokenizer = load_backbone(spec.model, spec.dtype, spec.trust_remote_code)
+        if spec.adapter is not None:
+            backbone = load_adapter(backbone, spec.adapter)
         embedder = cls(backbone, tokenizer, spec).eval()
         return embedder.to(device) if device is not None else embedder
+
+    def save_adapter(self, folder: str | Path) -> None:
+        """Write the trained LoRA and this spec, so ``from_pretrained(adapter=folder)`` works."""
+        save_adapter(self.model, self.spec, folder)
+
+    def merge_lora(self) -> Embedder:
+        """Fold LoRA into the base weights in place (plain transformers model)."""
+        self.model = merge_lora(self.model)
+        return self
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def format(self, texts: list[str]) -> list[str]:
-        template = self.spec.prompt
+    def apply_prompt(self, texts: list[str], role: Role | None = None) -> list[str]:
+        """Texts inside the prompt template of ``role`` (query, document or symmetric)."""
+        template = self.spec.template(role)
         return texts if template is None else [template.replace("{s}", t) for t in texts]
 
-    def tokenize(self, texts: list[str]) -> list[list[int]]:
+    def tokenize(self, texts: list[str], role: Role | None = None) -> list[list[int]]:
         """Prompt, tokenize with truncation, append EOS (kept when truncated); unpadded."""
         reserve = 1 if self.eos_id is not None else 0
         ids = self.tokenizer(
-            self.format(texts),
+            self.apply_prompt(texts, role),
             truncation=True,
             max_length=self.spec.max_length - reserve,
             padding=False,
@@ -165,19 +111,27 @@ class Embedder(torch.nn.Module):
         The cuts minimise padded tokens plus a per-pass cost (``length_sorted_chunks``): on
         CPU a chunk is split wherever the padding saved outweighs one more forward pass.
         """
-        split_cost = SPLIT_COST_TOKENS.get(self.device.type, ONLY_NEEDED_SPLITS)
-        return length_sorted_chunks(ids, size, split_cost)
+        return length_sorted_chunks(ids, size, SPLIT_COST_TOKENS.get(self.device.type))
 
     def embed(
-        self, texts: list[str], chunk_size: int | None = None, progress: bool = False
+        self,
+        texts: list[str],
+        chunk_size: int | None = None,
+        progress: bool = False,
+        role: Role | None = None,
     ) -> torch.Tensor:
-        """Embeddings of ``texts`` in input order, computed in length-sorted chunks.
+        """Embeddings of ``texts`` (prompted for ``role``) in input order."""
+        return self.embed_ids(self.tokenize(texts, role), chunk_size, progress)
+
+    def embed_ids(
+        self, ids: list[list[int]], chunk_size: int | None = None, progress: bool = False
+    ) -> torch.Tensor:
+        """Embeddings of tokenized texts in input order, computed in length-sorted chunks.
 
         Sorting by token count before chunking means each chunk pads to a
         similar length, so little compute goes to padding. Grad mode is the
         caller's choice: training keeps the graph, ``encode`` runs in inference mode.
         """
-        ids = self.tokenize(texts)
         chunks = self.chunks(ids, chunk_size or len(ids) or 1)
         bar = tqdm(chunks, desc="encode", unit="batch", disable=not progress, leave=False)
         parts = [self(self.collate([ids[i] for i in chunk])) for chunk in bar]
@@ -188,9 +142,17 @@ class Embedder(torch.nn.Module):
 
     @torch.inference_mode()
     def encode(
-        self, texts: list[str], batch_size: int = 32, show_progress: bool | None = None
+        self,
+        texts: list[str],
+        batch_size: int = 32,
+        show_progress: bool | None = None,
+        role: Role | None = None,
     ) -> np.ndarray:
-        """Embed ``texts`` as float32 rows in input order (not normalised)."""
+        """Embed ``texts`` as float32 rows in input order (not normalised).
+
+        ``role`` picks the prompt: ``"query"`` or ``"document"`` for asymmetric
+        retrieval (``query_prompt``/``document_prompt``), ``None`` for ``prompt``.
+        """
         if isinstance(texts, str):
             raise TypeError("encode takes a list of texts; wrap a single string in a list")
         if not texts:
@@ -198,8 +160,10 @@ class Embedder(torch.nn.Module):
         was_training = self.training
         self.eval()
         show = len(texts) > 8 * batch_size if show_progress is None else show_progress
-        vectors = self.embed(list(texts), chunk_size=batch_size, progress=show)
-        self.train(was_training)
+        try:
+            vectors = self.embed(list(texts), chunk_size=batch_size, progress=show, role=role)
+        finally:
+            self.train(was_training)
         return vectors.float().cpu().numpy()
 
     @property
@@ -207,13 +171,8 @@ class Embedder(torch.nn.Module):
         return self.model.config.hidden_size
 
 
-def _folder_with_spec(model: str | None) -> Path | None:
-    """``model`` when it is a local folder carrying ``lmembed.json`` (a merged export)."""
-    return Path(model) if model and (Path(model) / SPEC_FILE).is_file() else None
-
-
 def length_sorted_chunks(
-    ids: list[list[int]], size: int, split_cost: float = ONLY_NEEDED_SPLITS
+    ids: list[list[int]], size: int, split_cost: float | None = None
 ) -> list[list[int]]:
     """Positions of ``ids``, longest first, cut into chunks of at most ``size``.
 
@@ -221,11 +180,14 @@ def length_sorted_chunks(
     rows) plus ``split_cost`` tokens, and dynamic programming over the cut points finds
     the cheapest plan: NLI triplets (10-50 tokens) in equal chunks of 32 carry ~50%
     padding, a CPU plan (``split_cost`` 64) ~13% in a few more, smaller passes. The
-    default keeps the fewest chunks, ``ceil(n / size)``, and only moves their cuts.
-    GradCache replays exactly these chunks, so both passes come from ``Embedder.chunks``.
+    default (``None``) keeps the fewest chunks, ``ceil(n / size)``, and only moves their
+    cuts: a pass then costs more than all the padding it could save. GradCache replays
+    exactly these chunks, so both passes come from ``Embedder.chunks``.
     """
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     longest = np.array([len(ids[i]) for i in order], dtype=np.float64)
+    if split_cost is None:
+        split_cost = float(longest.max() * len(longest) + 1) if len(longest) else 1.0
     best = np.zeros(len(order) + 1)
     cut = np.zeros(len(order) + 1, dtype=np.int64)
     for end in range(1, len(order) + 1):

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
-from lmembed.model.embedder import SPEC_FILE, Embedder
+from lmembed.model.spec import SPEC_FILE, EmbeddingSpec
+from lmembed.options import option
+
+ALL_LINEAR = "all-linear"
 
 
 def linear_module_names(model: torch.nn.Module) -> list[str]:
@@ -23,40 +27,61 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
     return sorted(names)
 
 
-def attach_lora(
-    model: PreTrainedModel,
-    r: int = 8,
-    alpha: int = 32,
-    dropout: float = 0.1,
-    targets: tuple[str, ...] | list[str] = ("q_proj", "v_proj"),
-) -> PeftModel:
+@dataclass
+class LoraOptions:
+    """The LoRA adapter trained on the frozen base (flags ``--lora-r``, ``--lora-alpha``...)."""
+
+    r: int = option(8, "LoRA rank")
+    alpha: int = option(32, "LoRA alpha (the update is scaled by alpha / r)")
+    dropout: float = option(0.1, "LoRA dropout")
+    targets: list[str] = option(
+        ["q_proj", "v_proj"], f"linear modules to adapt, or {ALL_LINEAR} for every one"
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.targets, str):
+            self.targets = [t.strip() for t in self.targets.split(",") if t.strip()]
+        if self.r < 1:
+            raise ValueError(f"lora r must be at least 1, got {self.r}")
+
+
+def attach_lora(model: PreTrainedModel, options: LoraOptions | None = None) -> PeftModel:
     """Wrap ``model`` with trainable LoRA adapters; every base weight stays frozen."""
-    available = linear_module_names(model)
-    missing = [t for t in targets if t not in available]
-    if missing:
-        raise ValueError(
-            f"LoRA target(s) {missing} not found in {type(model).__name__}; "
-            f"its linear modules are: {', '.join(available)}"
-        )
+    options = options or LoraOptions()
+    targets: list[str] | str = options.targets
+    if options.targets == [ALL_LINEAR]:
+        targets = ALL_LINEAR
+    else:
+        available = linear_module_names(model)
+        missing = [t for t in options.targets if t not in available]
+        if missing:
+            raise ValueError(
+                f"LoRA target(s) {missing} not found in {type(model).__name__}; "
+                f"its linear modules are: {', '.join(available)} (or {ALL_LINEAR})"
+            )
     config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none"
+        r=options.r,
+        lora_alpha=options.alpha,
+        lora_dropout=options.dropout,
+        target_modules=targets,
+        bias="none",
     )
     return get_peft_model(model, config)
 
 
-def save_adapter(embedder: Embedder, folder: str | Path) -> None:
+def save_adapter(model: PeftModel, spec: EmbeddingSpec, folder: str | Path) -> None:
     """Write the peft adapter and lmembed's spec into ``folder``, file by file atomically.
 
     ``folder`` may hold other things (a training run's log and checkpoint), so it
     is not replaced whole; the spec is moved in last.
     """
-    if not isinstance(embedder.model, PeftModel):
-        raise TypeError("save_adapter needs an Embedder whose model has LoRA attached")
+    if not isinstance(model, PeftModel):
+        raise TypeError("save_adapter needs a model with LoRA attached")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".adapter.") as tmp:
-        embedder.model.save_pretrained(tmp)
-        embedder.spec.save(tmp)
+        model.save_pretrained(tmp)
+        spec.replace(adapter=None).save(tmp)
         for path in sorted(Path(tmp).iterdir(), key=lambda p: p.name == SPEC_FILE):
             os.replace(path, folder / path.name)
 
@@ -65,8 +90,6 @@ def load_adapter(model: PreTrainedModel, folder: str | Path, trainable: bool = F
     return PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)
 
 
-def merge_lora(embedder: Embedder) -> Embedder:
+def merge_lora(model: PreTrainedModel) -> PreTrainedModel:
     """Fold LoRA into the base weights (faster inference, plain transformers model)."""
-    if isinstance(embedder.model, PeftModel):
-        embedder.model = embedder.model.merge_and_unload()
-    return embedder
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model

@@ -1,0 +1,122 @@
+"""``EmbeddingSpec``: everything that defines the embedding function, declared once.
+
+The spec is saved with every adapter (``lmembed.json``) and every result, so a
+number can be traced to what produced it. Its fields are the embedding flags of
+every command (``train``, ``eval``, ``encode``, ``serve``, ``export``, ``ablate``):
+a new option added here reaches all of them.
+
+One rule decides the spec a command uses (``resolve_spec``): the defaults, then
+a packaged model's own defaults, then the spec saved with the adapter (or a
+merged export), then the options the user gave explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from lmembed.io import atomic_write_json
+from lmembed.options import build, check_choices, option
+
+SPEC_FILE = "lmembed.json"
+Pooling = Literal["last", "mean"]
+DType = Literal["bf16", "fp32", "fp16"]
+Role = Literal["query", "document"]
+ROLES: tuple[Role, ...] = ("query", "document")
+DEFAULT_MAX_LENGTH = 128
+
+
+@dataclass
+class EmbeddingSpec:
+    """The embedding function: model (+ adapter), prompts, pooling, length, dtype."""
+
+    model: str = option("gemma-3-270m", "model: packaged alias, .gguf, folder or hub id")
+    adapter: str | None = option(
+        None, "trained adapter folder (lmembed train --output); restores its saved options"
+    )
+    prompt: str | None = option(
+        None, "prompt template around every text, containing {s}, e.g. '{s} is: '"
+    )
+    query_prompt: str | None = option(
+        None, "template for queries/anchors (default: --prompt); asymmetric retrieval"
+    )
+    document_prompt: str | None = option(
+        None, "template for documents/positives/negatives (default: --prompt)"
+    )
+    pooling: Pooling = option("last", "pooling of the last hidden states: last token or mean")
+    max_length: int = option(DEFAULT_MAX_LENGTH, "max tokens per text, EOS included")
+    dtype: DType = option("bf16", "backbone dtype (LoRA weights train in fp32)")
+    append_eos: bool = option(True, "append the EOS token to every text (the paper's recipe)")
+    trust_remote_code: bool = option(False, "allow the model's own code (MiniCPM)")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        for name in ("prompt", "query_prompt", "document_prompt"):
+            template = getattr(self, name)
+            if template is not None and "{s}" not in template:
+                raise ValueError(f"{name} template must contain '{{s}}', got {template!r}")
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {self.max_length}")
+
+    def template(self, role: Role | None = None) -> str | None:
+        """The prompt template for texts of ``role`` (``None``: the symmetric prompt)."""
+        if role is not None and role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES} or None, got {role!r}")
+        specific = {"query": self.query_prompt, "document": self.document_prompt}.get(role)
+        return specific if specific is not None else self.prompt
+
+    def replace(self, **changes: Any) -> EmbeddingSpec:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EmbeddingSpec:
+        """Ignores unknown keys: a spec saved by a newer lmembed still loads."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    def save(self, folder: str | Path) -> None:
+        atomic_write_json(Path(folder) / SPEC_FILE, self.to_dict())
+
+    @classmethod
+    def load(cls, folder: str | Path) -> EmbeddingSpec:
+        path = Path(folder) / SPEC_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} is not an lmembed adapter folder: no {SPEC_FILE}")
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def saved_spec_folder(model: str | None, adapter: str | Path | None) -> Path | None:
+    """Where a saved spec lives: the adapter, or a model folder with ``lmembed.json``."""
+    if adapter is not None:
+        return Path(adapter)
+    if model and (Path(model) / SPEC_FILE).is_file():
+        return Path(model)
+    return None
+
+
+def resolve_spec(options: dict[str, Any] | None = None, **explicit: Any) -> EmbeddingSpec:
+    """The one rule: defaults < packaged model defaults < saved spec < explicit options.
+
+    ``options``/``explicit`` hold only what the user chose (``None`` means "not given").
+    """
+    from lmembed.model.loading import packaged_defaults
+
+    given = {k: v for k, v in {**(options or {}), **explicit}.items() if v is not None}
+    folder = saved_spec_folder(given.get("model"), given.get("adapter"))
+    saved = EmbeddingSpec.load(folder).to_dict() if folder is not None else {}
+    saved.pop("adapter", None)
+    model = given.get("model") or saved.get("model")
+    if model is None:
+        raise ValueError("give a model, or an adapter folder that records one")
+    packaged = packaged_defaults(model)
+    defaults = {"pooling": packaged.pooling, "max_length": packaged.max_length} if packaged else {}
+    values = {**defaults, **saved, **given, "model": model}
+    if values.get("adapter") is not None:
+        values["adapter"] = str(values["adapter"])
+    return build(EmbeddingSpec, values, source="embedding options")

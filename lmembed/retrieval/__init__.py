@@ -1,0 +1,1 @@
+"""Retrieval: exact chunked top-k search, ranking metrics, hard-negative mining."""

@@ -2,36 +2,65 @@
 
 The model is not thread-safe (nor is a fast tokenizer whose truncation settings
 change per call), so every encode runs in a single worker thread. The worker
-takes the oldest request, then keeps collecting requests for ``window_ms`` (or
-until ``max_batch_inputs`` texts), encodes them all at once and splits the rows
-back. A padded batch of 16 sentences costs far less than 16 single-sentence
-forward passes, which is where the throughput comes from.
+takes the oldest request, then keeps collecting requests for the batch window (or
+until ``max_batch_inputs`` texts), encodes each role's requests at once and splits
+the rows back. A padded batch of 16 sentences costs far less than 16
+single-sentence forward passes, which is where the throughput comes from.
+
+One bad text must not fail the strangers it was batched with. When a batch fails,
+the worker first encodes a probe text: if that fails too the model itself is
+broken, and every request gets the error (a server fault). Otherwise it bisects the
+batch by request, answering the halves that encode, down to the failing request,
+then bisects that request's texts down to the first text that fails alone: that
+request gets an ``InputError`` naming the text's index (a client fault). A crash of
+the worker thread itself fails every waiting request with ``WorkerError``, as does
+every later ``submit``: no request is ever left waiting on a dead thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from lmembed.model.spec import Role
+from lmembed.serving.config import ServerConfig
+
 logger = logging.getLogger("lmembed")
 
-EncodeFn = Callable[[list[str]], tuple[np.ndarray, list[int]]]
+EncodeFn = Callable[[list[str], Role | None], tuple[np.ndarray, list[int]]]
+Encoded = tuple[np.ndarray, list[int]]
+PROBE_TEXTS = ["probe"]
 
 
 class QueueFullError(RuntimeError):
-    """More texts are waiting than ``max_queue_inputs``; the caller should retry later."""
+    """More texts are waiting than ``max_queue``; the caller should retry later."""
+
+
+class InputError(ValueError):
+    """A text of one request that the model cannot encode: the request's fault."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        detail = f"{type(error).__name__}: {error}"
+        super().__init__(f"input[{index}] cannot be encoded ({detail[:200]})")
+        self.index = index
+
+
+class WorkerError(RuntimeError):
+    """The encode worker is not running (crashed or stopped); nothing can be encoded."""
 
 
 @dataclass
 class Job:
     texts: list[str]
+    role: Role | None = None
     future: Future = field(default_factory=Future)
 
 
@@ -40,77 +69,104 @@ class BatcherStats:
     encode_calls: int = 0
     requests: int = 0
     inputs: int = 0
+    input_errors: int = 0
+    server_errors: int = 0
 
 
 class MicroBatcher:
-    """Collects submitted texts into batches for ``encode_fn(texts) -> (vectors, token_counts)``.
+    """Collects submitted texts into batches for ``encode_fn(texts, role) -> (vectors, counts)``.
 
+    Window, batch and queue bounds come from ``config`` (``ServerConfig``).
     ``batching=False`` encodes each request on its own (the baseline the benchmark
     compares against); requests still run one at a time in the worker thread.
     """
 
-    def __init__(
-        self,
-        encode_fn: EncodeFn,
-        window_ms: float = 5.0,
-        max_batch_inputs: int = 128,
-        max_queue_inputs: int = 4096,
-        batching: bool = True,
-    ) -> None:
-        if window_ms < 0 or max_batch_inputs < 1 or max_queue_inputs < 1:
-            raise ValueError("window_ms must be >= 0 and the batch/queue limits >= 1")
+    def __init__(self, encode_fn: EncodeFn, config: ServerConfig | None = None) -> None:
+        config = config or ServerConfig()
         self.encode_fn = encode_fn
-        self.window_s = window_ms / 1000
-        self.max_batch_inputs = max_batch_inputs
-        self.max_queue_inputs = max_queue_inputs
-        self.batching = batching
+        self.window_s = config.batch_window_ms / 1000
+        self.max_batch_inputs = config.max_batch_inputs
+        self.max_queue = config.max_queue
+        self.batching = config.batching
         self.stats = BatcherStats()
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._pending = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._current: list[Job] = []
+        self._failure: WorkerError | None = WorkerError("the encode worker has not started")
 
     @property
     def pending_inputs(self) -> int:
         return self._pending
 
+    @property
+    def alive(self) -> bool:
+        """Whether submitted requests will be answered (started, not crashed or stopped)."""
+        return self._failure is None
+
     def start(self) -> None:
-        if self._thread is None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._failure = None
             self._thread = threading.Thread(target=self._run, name="lmembed-encode", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
         """Finish the batch in progress, fail the queued requests, end the thread."""
-        if self._thread is not None:
+        thread = self._thread
+        if thread is not None:
             self._queue.put(None)
-            self._thread.join()
+            thread.join()
             self._thread = None
-        while not self._queue.empty():
-            job = self._queue.get_nowait()
-            if job is not None and job.future.set_running_or_notify_cancel():
-                job.future.set_exception(RuntimeError("server shutting down"))
+        self._shut(WorkerError("server shutting down"))
 
-    def submit(self, texts: list[str]) -> Future:
-        """Queue ``texts``; the future gets ``(vectors, token_counts)`` for them."""
-        with self._lock:
-            if self._pending + len(texts) > self.max_queue_inputs:
+    def submit(self, texts: list[str], role: Role | None = None) -> Future:
+        """Queue ``texts``; the future gets ``(vectors, token_counts)`` for them, or
+        ``InputError`` (a text of theirs cannot be encoded), ``WorkerError``, or the
+        model's own exception (a server fault)."""
+        job = Job(list(texts), role)
+        with self._lock:  # the check and the put together: a crash drains after either
+            if self._failure is not None:
+                raise self._failure
+            if self._pending + len(texts) > self.max_queue:
                 raise QueueFullError(
-                    f"{self._pending} texts are already waiting (limit {self.max_queue_inputs})"
+                    f"{self._pending} texts are already waiting (limit {self.max_queue})"
                 )
             self._pending += len(texts)
-        job = Job(list(texts))
-        self._queue.put(job)
+            self._queue.put(job)
         return job.future
 
     def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            jobs, stop = self._collect(first)
-            self._process(jobs)
-            if stop:
-                return
+        try:
+            while True:
+                first = self._queue.get()
+                if first is None:
+                    return
+                jobs, stop = self._collect(first)
+                self._current = jobs
+                self._process(jobs)
+                self._current = []
+                if stop:
+                    return
+        except BaseException as error:  # even SystemExit: a dead worker must not strand requests
+            logger.critical("the encode worker crashed; failing every waiting request",
+                            exc_info=True)  # fmt: skip
+            self._shut(WorkerError(f"the encode worker crashed ({type(error).__name__})"))
+
+    def _shut(self, failure: WorkerError) -> None:
+        """Refuse new requests and fail the running and queued ones with ``failure``."""
+        with self._lock:
+            self._failure = failure
+            jobs, self._current = self._current, []
+            while not self._queue.empty():
+                job = self._queue.get_nowait()
+                if job is not None:
+                    jobs.append(job)
+                    self._pending -= len(job.texts)
+        for job in jobs:
+            _settle(job.future, failure)
 
     def _collect(self, first: Job) -> tuple[list[Job], bool]:
         """``first`` plus whatever arrives within the window (bounded by max_batch_inputs)."""
@@ -130,23 +186,78 @@ class MicroBatcher:
     def _process(self, jobs: list[Job]) -> None:
         # A request whose client went away was cancelled: don't spend compute on it.
         live = [job for job in jobs if job.future.set_running_or_notify_cancel()]
-        texts = [text for job in live for text in job.texts]
         try:
-            if live:
-                vectors, counts = self.encode_fn(texts)
-                self.stats.encode_calls += 1
-                self.stats.requests += len(live)
-                self.stats.inputs += len(texts)
-        except Exception as error:  # every waiting request must hear about it
-            logger.exception("encode failed for a batch of %d texts", len(texts))
-            for job in live:
-                job.future.set_exception(error)
-        else:
-            start = 0
-            for job in live:
-                end = start + len(job.texts)
-                job.future.set_result((vectors[start:end], counts[start:end]))
-                start = end
+            for role in dict.fromkeys(job.role for job in live):
+                self._answer([job for job in live if job.role == role], role)
         finally:
             with self._lock:
                 self._pending -= sum(len(job.texts) for job in jobs)
+
+    def _answer(self, jobs: list[Job], role: Role | None, probed: bool = False) -> None:
+        """Encode ``jobs`` together; on failure, find who is at fault (see the module doc)."""
+        texts = [text for job in jobs for text in job.texts]
+        try:
+            vectors, counts = self._encode(texts, role)
+        except Exception as error:
+            if not probed and not self._model_works(role):
+                logger.error("encode failed for %d texts and on a probe text too: server fault",
+                             len(texts), exc_info=error)  # fmt: skip
+                self.stats.server_errors += len(jobs)
+                for job in jobs:
+                    _settle(job.future, error)
+            elif len(jobs) > 1:
+                middle = len(jobs) // 2
+                self._answer(jobs[:middle], role, probed=True)
+                self._answer(jobs[middle:], role, probed=True)
+            else:
+                self._answer_alone(jobs[0], role)
+            return
+        start = 0
+        for job in jobs:
+            end = start + len(job.texts)
+            self._deliver(job, (vectors[start:end], counts[start:end]))
+            start = end
+
+    def _answer_alone(self, job: Job, role: Role | None) -> None:
+        try:
+            result = self._bisect(job.texts, role, 0)
+        except InputError as error:
+            logger.warning("request rejected: %s", error)
+            self.stats.input_errors += 1
+            _settle(job.future, error)
+        else:
+            self._deliver(job, result)
+
+    def _bisect(self, texts: list[str], role: Role | None, offset: int) -> Encoded:
+        """Encode ``texts`` in halves until a failing text is alone; ``InputError`` names it."""
+        try:
+            return self._encode(texts, role)
+        except Exception as error:
+            if len(texts) == 1:
+                raise InputError(offset, error) from error
+        middle = len(texts) // 2
+        left = self._bisect(texts[:middle], role, offset)
+        right = self._bisect(texts[middle:], role, offset + middle)
+        return np.concatenate([left[0], right[0]]), [*left[1], *right[1]]
+
+    def _model_works(self, role: Role | None) -> bool:
+        try:
+            self._encode(PROBE_TEXTS, role)
+        except Exception:
+            return False
+        return True
+
+    def _encode(self, texts: list[str], role: Role | None) -> Encoded:
+        self.stats.encode_calls += 1
+        return self.encode_fn(texts, role)
+
+    def _deliver(self, job: Job, result: Encoded) -> None:
+        self.stats.requests += 1
+        self.stats.inputs += len(job.texts)
+        job.future.set_result(result)
+
+
+def _settle(future: Future, error: BaseException) -> None:
+    """Fail ``future`` unless it already has an outcome (answered or cancelled)."""
+    with contextlib.suppress(InvalidStateError):
+        future.set_exception(error)

@@ -195,7 +195,7 @@ def test_hub_source_uses_simcse_file(monkeypatch: pytest.MonkeyPatch) -> None:
             {"sent0": "d", "sent1": "", "hard_neg": "f"},
         ]
 
-    monkeypatch.setattr("lmembed.data.triplets.load_hub_rows", fake_rows)
+    monkeypatch.setattr("lmembed.data.formats.load_hub_rows", fake_rows)
     assert load_triplets("princeton-nlp/datasets-for-simcse", limit=1)[0] == ("a", "b", "c")
     assert seen[0].data_files == "nli_for_simcse.csv" and seen[0].split == "train"
     with pytest.raises(

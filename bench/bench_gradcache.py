@@ -40,7 +40,7 @@ from common import (
     worker_main,
 )
 
-from lmembed.training.trainer import read_metrics
+from lmembed.training.run_dir import read_metrics
 
 HEADING = "GradCache and multi-process training"
 TARGET_RSS_RATIO = 0.5

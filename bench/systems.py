@@ -35,7 +35,7 @@ from lmembed.data.triplets import Triplets, load_triplets
 from lmembed.model.embedder import Embedder
 from lmembed.training.config import TrainConfig
 from lmembed.training.sampler import batch_indices
-from lmembed.training.trainer import read_metrics
+from lmembed.training.run_dir import read_metrics
 
 LORA_FILE = "lora.safetensors"
 LORA_TARGETS = ("q_proj", "v_proj")
@@ -66,7 +66,7 @@ class Recipe:
 
     def train_config(self, output: str | Path = "") -> TrainConfig:
         """The equivalent ``lmembed train`` options."""
-        return TrainConfig(
+        return TrainConfig.from_flat(
             model=self.model, data=self.data, output=str(output), steps=self.steps,
             batch_size=self.batch_size, lr=self.lr, warmup=self.warmup,
             weight_decay=self.weight_decay, temperature=self.temperature, seed=self.seed,

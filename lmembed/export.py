@@ -18,22 +18,24 @@ import dataclasses
 import json
 import logging
 import shutil
+import typing
 from pathlib import Path
+from typing import Any, Literal
 
 from lmembed.io import atomic_directory, atomic_write_json, atomic_write_text
-from lmembed.model.embedder import SPEC_FILE, Embedder, EmbeddingSpec
+from lmembed.model.embedder import Embedder
 from lmembed.model.loading import DTYPES
-from lmembed.model.lora import merge_lora
+from lmembed.model.spec import SPEC_FILE, EmbeddingSpec, resolve_spec
 
 logger = logging.getLogger("lmembed")
 
-FORMATS = ("sentence-transformers", "merged", "adapter")
+ExportFormat = Literal["sentence-transformers", "merged", "adapter"]
+FORMATS: tuple[str, ...] = typing.get_args(ExportFormat)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", SPEC_FILE)
 ST_POOLING = {"last": "lasttoken", "mean": "mean"}
 ST_TRANSFORMER = "sentence_transformers.base.modules.transformer.Transformer"
 ST_POOLING_MODULE = "sentence_transformers.sentence_transformer.modules.pooling.Pooling"
-# The prompt name used for every encode call (encode, encode_query, encode_document):
-# lmembed's embedding function is symmetric.
+# sentence-transformers' prompt names for encode_query / encode_document.
 ST_PROMPT_NAMES = ("query", "document")
 
 
@@ -43,39 +45,32 @@ class ExportError(ValueError):
 
 def export(
     output: str | Path,
-    model: str | None = None,
-    adapter: str | Path | None = None,
-    format: str = "sentence-transformers",
-    dtype: str | None = None,
-    trust_remote_code: bool = False,
+    kind: ExportFormat = "sentence-transformers",
     overwrite: bool = False,
+    **spec_options: Any,
 ) -> Path:
-    """Write ``model`` (+ ``adapter``) to ``output`` in ``format``; returns the folder.
+    """Write the embedder ``spec_options`` describe to ``output`` as ``kind``; returns it.
 
-    ``dtype`` is the dtype of the saved weights (default: the adapter's training dtype);
-    LoRA is merged in fp32 first so the cast rounds once. An existing non-empty
-    ``output`` is replaced only with ``overwrite`` (it could be the training run itself).
+    ``spec_options`` are ``EmbeddingSpec`` fields (``model``, ``adapter``, ...), resolved
+    like every command's (``resolve_spec``). ``dtype`` is the dtype of the saved weights
+    (default: the adapter's training dtype); LoRA is merged in fp32 first so the cast
+    rounds once. An existing non-empty ``output`` is replaced only with ``overwrite``
+    (it could be the training run itself).
     """
-    if format not in FORMATS:
-        raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
-    if dtype is not None and dtype not in DTYPES:
-        raise ExportError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if kind not in FORMATS:
+        raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {kind!r}")
     output = Path(output)
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise FileExistsError(f"{output} exists and is not empty; pass --overwrite to replace it")
-    saved = EmbeddingSpec.load(adapter) if adapter is not None else None
-    if format == "adapter":
-        return _copy_adapter(adapter, model, output)
-    if format == "sentence-transformers" and saved is not None:
-        split_prompt(saved.prompt)  # fail before loading the model
-    saved_dtype = dtype or (saved.dtype if saved else "bf16")
-    embedder = Embedder.from_pretrained(
-        model, adapter=adapter, dtype="fp32", trust_remote_code=trust_remote_code
-    )
-    merge_lora(embedder)
-    embedder.model.to(DTYPES[saved_dtype])
-    embedder.spec = dataclasses.replace(embedder.spec, dtype=saved_dtype)
-    if format == "merged":
+    if kind == "adapter":
+        return _copy_adapter(spec_options.get("adapter"), spec_options.get("model"), output)
+    spec = resolve_spec(spec_options)
+    if kind == "sentence-transformers":
+        st_prompts(spec)  # fail before loading the model
+    embedder = Embedder.from_spec(spec.replace(dtype="fp32")).merge_lora()
+    embedder.model.to(DTYPES[spec.dtype])
+    embedder.spec = spec
+    if kind == "merged":
         return _write_merged(embedder, output)
     return _write_sentence_transformers(embedder, output)
 
@@ -122,6 +117,27 @@ def split_prompt(template: str | None) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
+def st_prompts(spec: EmbeddingSpec) -> tuple[dict[str, str], str | None, str]:
+    """sentence-transformers prompts (``query``/``document`` prefixes), default name, suffix.
+
+    Prompts there are prefixes; lmembed's suffix (``{s} is: ``) becomes a tokenizer
+    normalizer, which cannot differ between roles.
+    """
+    parts = {role: split_prompt(spec.template(role)) for role in ST_PROMPT_NAMES}
+    symmetric = split_prompt(spec.prompt)
+    suffixes = {suffix for _, suffix in parts.values()}
+    if len(suffixes) > 1:
+        raise ExportError(
+            "the query and document prompts end differently after {s}; the "
+            "sentence-transformers export can only carry one suffix for both"
+        )
+    prompts = {role: prefix for role, (prefix, _) in parts.items()}
+    default = next((name for name, p in prompts.items() if p == symmetric[0]), None)
+    if symmetric[0] and default is None:
+        prompts["symmetric"], default = symmetric[0], "symmetric"
+    return prompts, default if symmetric[0] else None, suffixes.pop()
+
+
 def _write_sentence_transformers(embedder: Embedder, output: Path) -> Path:
     """Merged weights, the rewritten tokenizer and sentence-transformers' configs.
 
@@ -129,12 +145,12 @@ def _write_sentence_transformers(embedder: Embedder, output: Path) -> Path:
     second time on top of the tokenizer's. Export ``merged`` for lmembed itself.
     """
     spec = embedder.spec
-    prefix, suffix = split_prompt(spec.prompt)
+    prompts, default, suffix = st_prompts(spec)
     with atomic_directory(output) as tmp:
         embedder.model.save_pretrained(tmp)
         embedder.tokenizer.save_pretrained(tmp)
         _rewrite_tokenizer(tmp, embedder, suffix)
-        _write_st_config(tmp, embedder.dimension, spec, prefix)
+        _write_st_config(tmp, embedder.dimension, spec, prompts, default)
         atomic_write_text(tmp / "README.md", _st_readme(spec))
     return output
 
@@ -255,7 +271,13 @@ def _template(layout: list[int], tokenizer):
     )
 
 
-def _write_st_config(folder: Path, dimension: int, spec: EmbeddingSpec, prefix: str) -> None:
+def _write_st_config(
+    folder: Path,
+    dimension: int,
+    spec: EmbeddingSpec,
+    prompts: dict[str, str],
+    default: str | None,
+) -> None:
     """sentence-transformers' module list and configs, as its 6.x ``save`` writes them."""
     atomic_write_json(
         folder / "modules.json",
@@ -275,13 +297,12 @@ def _write_st_config(folder: Path, dimension: int, spec: EmbeddingSpec, prefix: 
             "module_output_name": "token_embeddings",
         },
     )
-    prompts = dict.fromkeys(ST_PROMPT_NAMES, prefix)
     atomic_write_json(
         folder / "config_sentence_transformers.json",
         {
             "model_type": "SentenceTransformer",
             "prompts": prompts,
-            "default_prompt_name": ST_PROMPT_NAMES[0] if prefix else None,
+            "default_prompt_name": default,
             "similarity_fn_name": "cosine",
         },
     )

@@ -5,8 +5,9 @@ Every user-facing option of lmembed is a field of a dataclass (``EmbeddingSpec``
 declared with ``option(default, help, ...)``. From these declarations come:
 
 * the command-line flags (``add_flags``): one per field, ``--max-length`` for
-  ``max_length``; booleans get ``--x/--no-x``; lists take a comma list;
-  ``Literal`` types become ``choices``;
+  ``max_length``; booleans get ``--x/--no-x``; lists take a comma list (or a
+  repeated flag, with ``option(..., repeat=True)``); ``Literal`` types become
+  ``choices``;
 * the flat key space shared by flags, YAML files and sweeps (``flat_fields``):
   a nested dataclass field (``nested(LoraOptions, prefix="lora")``) contributes
   its fields as ``lora_r``, ``lora_alpha``...; ``prefix=""`` inlines them
@@ -141,7 +142,8 @@ def from_tree(cls: type, tree: dict[str, Any]) -> Any:
             continue
         sub = f.metadata.get("nested")
         value = tree[f.name]
-        kwargs[f.name] = from_tree(sub, value) if sub is not None and isinstance(value, dict) else value
+        nest = sub is not None and isinstance(value, dict)
+        kwargs[f.name] = from_tree(sub, value) if nest else value
     return cls(**kwargs)
 
 
@@ -160,22 +162,28 @@ def add_flags(
     parser: argparse.ArgumentParser,
     cls: type,
     skip: tuple[str, ...] = (),
-    required: tuple[str, ...] = (),
     group: str | None = None,
 ) -> list[str]:
-    """Add one flag per option of ``cls`` (default ``None``); returns the flat names added."""
+    """Add one flag per option of ``cls`` (default ``None``); returns the flat names added.
+
+    ``option(..., required=True)`` makes a flag required; ``option(..., flag="api-key")``
+    names the flag differently from the field (a repeated flag read into a list).
+    """
     target = parser.add_argument_group(group) if group else parser
     added = []
     for flat in flat_fields(cls):
         if flat.name in skip:
             continue
-        flag = "--" + flat.name.replace("_", "-")
+        flag = "--" + flat.field.metadata.get("flag", flat.name).replace("_", "-")
         help_text = f"{flat.help} (default: {flat.default!r})" if flat.help else None
         options: dict[str, Any] = {"default": None, "help": help_text, "dest": flat.name}
-        if flat.name in required:
+        if flat.field.metadata.get("required"):
             options["required"] = True
         base = _non_none(flat.kind)
-        if base == [bool]:
+        if flat.field.metadata.get("repeat"):
+            inner = typing.get_args(base[0])[0]
+            target.add_argument(flag, type=inner, action="append", **options)
+        elif base == [bool]:
             target.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
         elif typing.get_origin(base[0]) in (list, tuple):
             inner = typing.get_args(base[0])[0]

@@ -3,6 +3,7 @@
 from lmembed.evaluation.report import write_report
 from lmembed.evaluation.sts import (
     Encoder,
+    STSResult,
     TaskScore,
     compare,
     evaluate,
@@ -14,6 +15,7 @@ from lmembed.evaluation.sts import (
 
 __all__ = [
     "Encoder",
+    "STSResult",
     "TaskScore",
     "compare",
     "evaluate",

@@ -5,13 +5,13 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from lmembed.evaluation.sts import STSResult, common_tasks, format_score
 from lmembed.io import atomic_write_bytes, atomic_write_text
 
-Result = dict[str, Any]
+Result = STSResult
 
 
 def write_report(
@@ -30,7 +30,7 @@ def write_report(
     """
     out = Path(out_dir)
     md_path, png_path = out / "report.md", out / "report.png"
-    names = list(after["tasks"]) + [n for n in before["tasks"] if n not in after["tasks"]]
+    names = list(after.tasks) + [n for n in before.tasks if n not in after.tasks]
     table = _Table(names, before, after, baseline)
     atomic_write_bytes(png_path, _chart(table, before, after, baseline, title))
     atomic_write_text(md_path, _markdown(table, before, after, baseline, title, notes, png_path))
@@ -42,18 +42,15 @@ class _Table:
     so before, after and baseline are averaged over the same set."""
 
     def __init__(self, names: list[str], *results: Result | None) -> None:
-        present = [r for r in results if r is not None]
-        self.common = [n for n in names if all(n in r["tasks"] for r in present)]
+        self.common = [n for n in common_tasks(*results) if n in names]
         self.rows = [*names, "average"]
 
     def value(self, result: Result | None, name: str) -> float | None:
         if result is None:
             return None
         if name == "average":
-            if not self.common:
-                return None
-            return float(np.mean([result["tasks"][n]["spearman"] for n in self.common]))
-        return result["tasks"].get(name, {}).get("spearman")
+            return result.average_over(self.common)
+        return result.score(name)
 
 
 def _markdown(
@@ -84,10 +81,10 @@ def _markdown(
     for name in table.rows:
         old, new = table.value(before, name), table.value(after, name)
         label = f"**average** ({len(table.common)} tasks)" if name == "average" else name
-        cells = [label, _num(old), _num(new)]
+        cells = [label, format_score(old), format_score(new)]
         cells.append("–" if old is None or new is None else f"{new - old:+.2f}")
         if baseline:
-            cells.append(_num(table.value(baseline, name)))
+            cells.append(format_score(table.value(baseline, name)))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"![STS scores before and after]({png_path.name})", ""]
     if notes:
@@ -98,15 +95,12 @@ def _markdown(
 
 
 def _describe(result: Result) -> str:
-    text = f"`{result.get('model')}`"
-    if result.get("adapter"):
-        text += f" + adapter `{result['adapter']}`"
-    extras = [f"{k}={result[k]}" for k in ("pooling", "prompt", "max_length") if result.get(k)]
+    spec = result.spec
+    text = f"`{spec.get('model')}`"
+    if spec.get("adapter"):
+        text += f" + adapter `{spec['adapter']}`"
+    extras = [f"{k}={spec[k]}" for k in ("pooling", "prompt", "max_length") if spec.get(k)]
     return f"{text} ({', '.join(extras)})" if extras else text
-
-
-def _num(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}"
 
 
 def _chart(
@@ -134,7 +128,7 @@ def _chart(
             label=label,
             color=color,
         )
-        ax.bar_label(bars, labels=[_num(v) for v in values], fontsize=6, padding=1)
+        ax.bar_label(bars, labels=[format_score(v) for v in values], fontsize=6, padding=1)
     if baseline:
         marks = [table.value(baseline, n) for n in rows]
         ax.scatter(

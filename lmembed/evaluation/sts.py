@@ -1,6 +1,6 @@
 """STS scoring: Spearman/Pearson of cosine similarity against gold scores, MTEB-style.
 
-Results are plain dicts (see ``evaluate``) because other tools read the JSON.
+``evaluate`` returns an ``STSResult``; its JSON (``to_dict``) is what other tools read.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from lmembed.io import atomic_write_json, cache_root
 
 logger = logging.getLogger(__name__)
 
-SPEC_KEYS = ("model", "adapter", "prompt", "pooling", "max_length", "dtype")
 # Bump when scoring changes, so cached scores from older code are not reused.
 SCORER_VERSION = 1
 
@@ -35,7 +34,7 @@ class EncoderSpec(Protocol):
 
 
 class Encoder(Protocol):
-    """Anything that embeds texts; ``spec.to_dict()`` has the keys in ``SPEC_KEYS``."""
+    """Anything that embeds texts; ``spec.to_dict()`` describes the embedding function."""
 
     spec: EncoderSpec
 
@@ -51,6 +50,79 @@ class TaskScore:
     spearman: float
     pearson: float
     pairs: int
+
+
+METRICS = ("spearman", "pearson")
+
+
+@dataclass
+class STSResult:
+    """Scores of one embedding function on STS tasks (x100), and what produced them.
+
+    JSON shape (``to_dict``): ``{<spec fields>, "tasks": {name: {"spearman", "pearson",
+    "pairs"}}, "average": {"spearman", "pearson"}, "lmembed_version", "elapsed_s"}``,
+    plus ``"base"`` (the same shape) when compared with the base model.
+    """
+
+    spec: dict[str, Any]
+    tasks: dict[str, TaskScore]
+    lmembed_version: str = "unknown"
+    elapsed_s: float = 0.0
+    base: STSResult | None = None
+
+    def score(self, task: str, metric: str = "spearman") -> float | None:
+        """One task's score, or the average over all tasks (``task="average"``)."""
+        if task == "average":
+            return self.average_over(list(self.tasks), metric)
+        found = self.tasks.get(task)
+        return None if found is None else getattr(found, metric)
+
+    def average_over(self, names: list[str], metric: str = "spearman") -> float | None:
+        if not names:
+            return None
+        return float(np.mean([getattr(self.tasks[n], metric) for n in names]))
+
+    def label(self) -> str:
+        parts = [str(self.spec.get("model"))]
+        if self.spec.get("adapter"):
+            parts.append(f"+ adapter {self.spec['adapter']}")
+        if self.spec.get("pooling"):
+            parts.append(f"({self.spec['pooling']} pooling)")
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {
+            **self.spec,
+            "tasks": {name: asdict(score) for name, score in self.tasks.items()},
+            "average": {m: self.score("average", m) for m in METRICS},
+            "lmembed_version": self.lmembed_version,
+            "elapsed_s": self.elapsed_s,
+        }
+        if self.base is not None:
+            data["base"] = self.base.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> STSResult:
+        reserved = {"tasks", "average", "lmembed_version", "elapsed_s", "base"}
+        return cls(
+            spec={k: v for k, v in data.items() if k not in reserved},
+            tasks={name: TaskScore(**score) for name, score in data["tasks"].items()},
+            lmembed_version=data.get("lmembed_version", "unknown"),
+            elapsed_s=data.get("elapsed_s", 0.0),
+            base=cls.from_dict(data["base"]) if data.get("base") else None,
+        )
+
+
+def common_tasks(*results: STSResult | None) -> list[str]:
+    """Tasks every given result has, in the order of the first: averages over these are fair."""
+    present = [r for r in results if r is not None]
+    names = list(dict.fromkeys(name for r in present for name in r.tasks))
+    return [n for n in names if all(n in r.tasks for r in present)]
+
+
+def format_score(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 def score_task(
@@ -91,20 +163,18 @@ def evaluate(
     batch_size: int = 32,
     progress: bool = True,
     cache: bool | None = None,
-) -> dict[str, Any]:
-    """Score ``encoder`` on STS ``tasks``; returns the result dict saved as JSON.
+) -> STSResult:
+    """Score ``encoder`` on STS ``tasks``.
 
-    Shape: ``{"model", "adapter", "prompt", "pooling", "max_length", "dtype",
-    "tasks": {name: {"spearman", "pearson", "pairs"}}, "average": {"spearman", "pearson"},
-    "lmembed_version", "elapsed_s"}``. ``cache=None`` reuses per-task scores from
-    ``cache_root()/scores`` only for a base model (no adapter); ``True``/``False`` force it.
+    ``cache=None`` reuses per-task scores from ``cache_root()/scores`` only for a base
+    model (no adapter); ``True``/``False`` force it.
     """
     started = time.perf_counter()
-    spec = {key: encoder.spec.to_dict().get(key) for key in SPEC_KEYS}
-    use_cache = spec["adapter"] is None if cache is None else cache
+    spec = encoder.spec.to_dict()
+    use_cache = spec.get("adapter") is None if cache is None else cache
     root = resolve_data_dir(data_dir)
     names = resolve_tasks(tasks)
-    scores: dict[str, dict[str, Any]] = {}
+    scores: dict[str, TaskScore] = {}
     bar = tqdm(names, desc="STS", unit="task", disable=not progress)
     for name in bar:
         bar.set_description(f"STS {name}")
@@ -115,91 +185,68 @@ def evaluate(
             score = score_task(encoder, task, batch_size, show_progress=progress)
             if key:
                 _cache_put(key, score)
-        scores[name] = asdict(score)
+        scores[name] = score
         bar.set_postfix({name: f"{score.spearman:.2f}"})
-    return {
-        **spec,
-        "tasks": scores,
-        "average": {
-            metric: float(np.mean([s[metric] for s in scores.values()]))
-            for metric in ("spearman", "pearson")
-        },
-        "lmembed_version": _version(),
-        "elapsed_s": round(time.perf_counter() - started, 3),
-    }
+    return STSResult(spec, scores, _version(), round(time.perf_counter() - started, 3))
 
 
-def save_results(result: dict[str, Any], path: str | Path) -> Path:
-    """Write a result dict as JSON, atomically."""
-    atomic_write_json(path, result)
+def save_results(result: STSResult, path: str | Path) -> Path:
+    """Write a result as JSON, atomically."""
+    atomic_write_json(path, result.to_dict())
     return Path(path)
 
 
-def load_results(path: str | Path) -> dict[str, Any]:
+def load_results(path: str | Path) -> STSResult:
     """Read a result JSON written by ``save_results``; checks the keys other code relies on."""
-    result = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(result, dict) or not {"tasks", "average"} <= result.keys():
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not {"tasks", "average"} <= data.keys():
         raise ValueError(f"{path}: not an lmembed STS result (needs 'tasks' and 'average')")
-    return result
+    return STSResult.from_dict(data)
 
 
-def to_markdown(result: dict[str, Any]) -> str:
+def to_markdown(result: STSResult) -> str:
     """One result as a markdown table: task, Spearman, Pearson, pairs, plus the average."""
     lines = [
-        f"**{_label(result)}**",
+        f"**{result.label()}**",
         "",
         "| task | Spearman | Pearson | pairs |",
         "|---|---:|---:|---:|",
     ]
-    for name, score in result["tasks"].items():
-        lines.append(
-            f"| {name} | {score['spearman']:.2f} | {score['pearson']:.2f} | {score['pairs']} |"
-        )
-    average = result["average"]
-    lines.append(f"| **average** | {average['spearman']:.2f} | {average['pearson']:.2f} | |")
+    for name, score in result.tasks.items():
+        lines.append(f"| {name} | {score.spearman:.2f} | {score.pearson:.2f} | {score.pairs} |")
+    spearman, pearson = (format_score(result.score("average", m)) for m in METRICS)
+    lines.append(f"| **average** | {spearman} | {pearson} | |")
     return "\n".join(lines) + "\n"
 
 
-def compare(base: dict[str, Any], tuned: dict[str, Any], metric: str = "spearman") -> str:
+def compare(base: STSResult, tuned: STSResult, metric: str = "spearman") -> str:
     """Markdown side-by-side of two results with the change per task.
 
     The average row is over the tasks both results have, so it is a fair comparison
     even when one run covered more tasks.
     """
-    names = list(dict.fromkeys([*base["tasks"], *tuned["tasks"]]))
+    names = list(dict.fromkeys([*base.tasks, *tuned.tasks]))
     lines = [
-        f"base: {_label(base)}  ",
-        f"tuned: {_label(tuned)}",
+        f"base: {base.label()}  ",
+        f"tuned: {tuned.label()}",
         "",
         f"| task ({metric} x100) | base | tuned | Δ |",
         "|---|---:|---:|---:|",
     ]
     for name in names:
-        before = base["tasks"].get(name, {}).get(metric)
-        after = tuned["tasks"].get(name, {}).get(metric)
-        lines.append(f"| {name} | {_num(before)} | {_num(after)} | {_delta(before, after)} |")
-    common = [n for n in names if n in base["tasks"] and n in tuned["tasks"]]
+        before, after = base.score(name, metric), tuned.score(name, metric)
+        lines.append(
+            f"| {name} | {format_score(before)} | {format_score(after)} | "
+            f"{_delta(before, after)} |"
+        )
+    common = common_tasks(base, tuned)
     if common:
-        before = float(np.mean([base["tasks"][n][metric] for n in common]))
-        after = float(np.mean([tuned["tasks"][n][metric] for n in common]))
+        before, after = base.average_over(common, metric), tuned.average_over(common, metric)
         lines.append(
             f"| **average** ({len(common)} tasks) | {before:.2f} | {after:.2f} | "
             f"{_delta(before, after)} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _label(result: dict[str, Any]) -> str:
-    parts = [str(result.get("model"))]
-    if result.get("adapter"):
-        parts.append(f"+ adapter {result['adapter']}")
-    if result.get("pooling"):
-        parts.append(f"({result['pooling']} pooling)")
-    return " ".join(parts)
-
-
-def _num(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}"
 
 
 def _delta(before: float | None, after: float | None) -> str:

@@ -24,8 +24,10 @@ from lmembed.experiments.ablation_report import write_outputs
 from lmembed.experiments.sweep import Sweep, load_sweep, read_record
 from lmembed.io import atomic_write_json
 from lmembed.model.embedder import Embedder
+from lmembed.model.spec import EmbeddingSpec
 from lmembed.training.config import TrainConfig
-from lmembed.training.trainer import read_metrics, train
+from lmembed.training.run_dir import read_metrics
+from lmembed.training.trainer import train
 
 logger = logging.getLogger("lmembed")
 
@@ -57,7 +59,7 @@ def run_ablation(
         len(folders),
         sweep.tasks,
     )
-    triplets: dict[tuple[str, int | None], Triplets] = {}
+    triplets: dict[tuple[tuple[str, ...], int | None], Triplets] = {}
     for embedding in sweep.embeddings():
         path = sweep.base_record_path(embedding)
         if _pending(path, retry_failed):
@@ -106,7 +108,7 @@ def _cpu_lock() -> Iterator[None]:
 
 
 def _train_and_score(
-    sweep: Sweep, config: TrainConfig, cache: dict[tuple[str, int | None], Triplets]
+    sweep: Sweep, config: TrainConfig, cache: dict[tuple[tuple[str, ...], int | None], Triplets]
 ) -> dict[str, Any]:
     """Train (or finish training) one run and score it; any exception becomes a failed record."""
     began = time.perf_counter()
@@ -114,13 +116,14 @@ def _train_and_score(
     record: dict[str, Any] = {"config": config.to_dict(), "status": "failed", "error": None}
     try:
         if not (folder / "adapter_model.safetensors").is_file():  # saved once training ends
-            key = (config.data, config.limit)
+            key = (tuple(config.data), config.limit)
             if key not in cache:
-                cache[key] = load_triplets(config.data, limit=config.limit)
+                cache[key] = load_triplets(config.data[0], limit=config.limit)
             train(config, data=cache[key])
         gc.collect()
         embedder = Embedder.from_pretrained(adapter=folder)
-        record["eval"] = evaluate(embedder, sweep.tasks, sweep.data_dir, sweep.eval_batch_size)
+        result = evaluate(embedder, sweep.tasks, sweep.data_dir, sweep.eval_batch_size)
+        record["eval"] = result.to_dict()
         record["status"] = "ok"
     except Exception as error:  # the sweep goes on; Ctrl-C still stops it
         logger.exception("ablate: run %s failed", folder.name)
@@ -138,9 +141,9 @@ def _score_base(sweep: Sweep, embedding: dict[str, Any]) -> dict[str, Any]:
     began = time.perf_counter()
     record: dict[str, Any] = {"embedding": embedding, "status": "failed", "error": None}
     try:
-        options = {k: v for k, v in embedding.items() if k != "model"}
-        embedder = Embedder.from_pretrained(embedding["model"], **options)
-        record["eval"] = evaluate(embedder, sweep.tasks, sweep.data_dir, sweep.eval_batch_size)
+        embedder = Embedder.from_spec(EmbeddingSpec.from_dict(embedding))
+        result = evaluate(embedder, sweep.tasks, sweep.data_dir, sweep.eval_batch_size)
+        record["eval"] = result.to_dict()
         record["status"] = "ok"
     except Exception as error:
         logger.exception("ablate: base model %s failed", embedding)

@@ -22,7 +22,7 @@ from lmembed.experiments.sweep import MANAGED, Sweep, embedding_key, read_record
 from lmembed.io import atomic_write_bytes, atomic_write_text
 from lmembed.system import machine_summary
 from lmembed.training.config import TrainConfig
-from lmembed.training.trainer import read_metrics
+from lmembed.training.run_dir import read_metrics
 
 PAPER_STEPS, PAPER_BATCH = 1000, 32
 PLOTS = ("ablation-average.png", "ablation-tasks.png", "ablation-loss.png")

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from lmembed.data import ALL_TASKS, QUICK_TASKS, resolve_data_dir
-from lmembed.data.triplets import HUB_NLI
-from lmembed.evaluation import compare, evaluate, save_results, write_report
+from lmembed.data.locate import find_training_data
+from lmembed.evaluation import STSResult, compare, evaluate, save_results, write_report
 from lmembed.model.embedder import Embedder
 from lmembed.system import machine_summary
 from lmembed.training.config import TrainConfig
@@ -22,12 +22,11 @@ from lmembed.training.trainer import train
 logger = logging.getLogger("lmembed")
 
 BASELINE_MODEL = "all-minilm-l6-v2"
-NLI_FILES = ("nli/nli_for_simcse.csv", "nli/snli_devtest_triplets_tok.csv.gz")
 
 
 def demo_config(output: Path, data: str, model: str, steps: int) -> TrainConfig:
     """The demo recipe: the paper's loss and LoRA, a higher lr for a short CPU run."""
-    return TrainConfig(
+    return TrainConfig.from_flat(
         model=model,
         data=data,
         output=str(output / "adapter"),
@@ -39,14 +38,6 @@ def demo_config(output: Path, data: str, model: str, steps: int) -> TrainConfig:
         save_every=25,
         resume=True,
     )
-
-
-def find_training_data(data_dir: Path | None) -> str:
-    """The full SimCSE set if present, else the offline SNLI stand-in, else the hub."""
-    for name in NLI_FILES:
-        if data_dir is not None and (data_dir / name).is_file():
-            return str(data_dir / name)
-    return HUB_NLI.path
 
 
 def run_demo(
@@ -68,13 +59,13 @@ def run_demo(
     config = demo_config(output, find_training_data(root), model, steps or 100)
     logger.info("demo: %s on %s, %d steps, tasks %s", model, config.data, config.steps, tasks)
 
-    def score(embedder: Embedder, name: str) -> dict:
+    def score(embedder: Embedder, name: str) -> STSResult:
         logger.info("demo: scoring %s", name)
         result = evaluate(embedder, tasks, root, batch_size=32)
         save_results(result, output / f"{name}.json")
         return result
 
-    base = score(Embedder.from_pretrained(model, dtype=config.dtype), "before")
+    base = score(Embedder.from_spec(config.embedding), "before")
     baseline = score(Embedder.from_pretrained(BASELINE_MODEL, dtype="fp32"), "baseline")
     trained = train(config)
     after = score(Embedder.from_pretrained(adapter=trained.output), "after")
@@ -83,7 +74,7 @@ def run_demo(
     notes = {
         "command": f"lmembed demo{' --full' if full else ''} (steps={config.steps})",
         "training": f"{config.steps} steps x {config.batch_size} triplets from {config.data}, "
-        f"lr {config.lr}, {config.dtype}",
+        f"lr {config.lr}, {config.embedding.dtype}",
         "hardware": machine_summary(),
         "wall time": f"{time.perf_counter() - started:.0f} s",
     }

@@ -15,7 +15,7 @@ import json
 import re
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,9 @@ import yaml
 
 from lmembed.data import resolve_data_dir, resolve_tasks
 from lmembed.data.hub import looks_like_hub_id
+from lmembed.data.locate import find_training_data
 from lmembed.data.sts import load_sts
-from lmembed.experiments.demo import find_training_data
+from lmembed.options import flat_fields
 from lmembed.training.config import TrainConfig, config_from_dict
 
 SWEEP_KEYS = (
@@ -42,8 +43,6 @@ SWEEP_KEYS = (
 STUDY_KEYS = ("grid", "runs")
 # Set by the runner for every run; a sweep file may not choose them.
 MANAGED = ("output", "resume")
-# Options that define the embedding function of the base model (no adapter).
-EMBEDDING = ("model", "prompt", "pooling", "max_length", "dtype", "trust_remote_code")
 DEFAULT_FOLDER = "default"
 
 
@@ -255,23 +254,26 @@ def _build(values: dict[str, Any], overrides: dict[str, Any], where: str) -> Tra
     except (ValueError, TypeError) as error:
         raise ValueError(str(error) if where in str(error) else f"{where}: {error}") from None
     _check_types(config, where)
-    if config.data and not looks_like_hub_id(config.data) and not Path(config.data).is_file():
-        raise ValueError(f"{where}: training data {config.data!r} not found")
+    for source in config.data:
+        if not looks_like_hub_id(source) and not Path(source).exists():
+            raise ValueError(f"{where}: training data {source!r} not found")
     return config
 
 
 def _check_types(config: TrainConfig, where: str) -> None:
     """Catch ``lr: fast`` before an hour of runs fails on it."""
-    hints = typing.get_type_hints(TrainConfig)
-    for option in fields(TrainConfig):
-        hint = hints[option.name]
+    values = config.to_dict()
+    for option in flat_fields(TrainConfig):
+        hint = option.kind
+        if option.choices:
+            continue  # Literal options are checked by the config itself
         union = typing.get_origin(hint) in (typing.Union, types.UnionType)
         allowed = tuple(
             typing.get_origin(a) or a for a in (typing.get_args(hint) if union else (hint,))
         )
         if float in allowed:
             allowed += (int,)
-        value = getattr(config, option.name)
+        value = values[option.name]
         if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
             raise ValueError(f"{where}: option {option.name} must be {hint}, got {value!r}")
 
@@ -300,7 +302,8 @@ def _config_key(config: TrainConfig) -> str:
 
 
 def embedding_key(config: TrainConfig) -> str:
-    return json.dumps({key: getattr(config, key) for key in EMBEDDING}, sort_keys=True)
+    """The base model's embedding function for a run: its spec without the adapter."""
+    return json.dumps(config.embedding.replace(adapter=None).to_dict(), sort_keys=True)
 
 
 def _check_previous(folder: Path, config: TrainConfig) -> None:

@@ -6,13 +6,10 @@ from lmembed.losses.triplet import TripletLoss, triplet_margin
 __all__ = ["InfoNCELoss", "TripletLoss", "build_loss", "info_nce", "triplet_margin"]
 
 
-def build_loss(
-    name: str, temperature: float, hard_negatives: bool, margin: float
-) -> InfoNCELoss | TripletLoss:
+def build_loss(name: str, temperature: float, margin: float) -> InfoNCELoss | TripletLoss:
+    """The loss module a config names (``TrainConfig`` validates the combination)."""
     if name == "infonce":
-        return InfoNCELoss(temperature, hard_negatives)
+        return InfoNCELoss(temperature)
     if name == "triplet":
-        if not hard_negatives:
-            raise ValueError("the triplet loss needs hard negatives (drop --no-hard-negatives)")
         return TripletLoss(margin)
     raise ValueError(f"loss must be 'infonce' or 'triplet', got {name!r}")

@@ -6,7 +6,12 @@ negatives, every negative ``n_j`` in the batch; the target is ``p_i``:
     loss_i = -log( exp(cos(q_i, p_i)/t) / sum_j [exp(cos(q_i, p_j)/t) + exp(cos(q_i, n_j)/t)] )
 
 ``info_nce`` works on embeddings only, so the multi-process and GradCache
-trainers call it unchanged on gathered or cached embeddings.
+trainers call it unchanged on gathered or cached embeddings. Every loss in this
+package shares one contract: ``positives[i]`` is anchor ``i``'s positive, and
+``positives``/``negatives`` may hold more rows than there are anchors (the rest
+of a global batch, or several negatives per anchor); every row is a candidate.
+Whether negatives are used at all is the trainer's decision (``hard_negatives``),
+made once, by what it passes.
 """
 
 from __future__ import annotations
@@ -25,41 +30,28 @@ def info_nce(
     positives: torch.Tensor,
     negatives: torch.Tensor | None = None,
     temperature: float = 0.05,
-    positive_offset: int = 0,
 ) -> torch.Tensor:
-    """Mean InfoNCE loss.
-
-    ``positives``/``negatives`` may be longer than ``anchors`` (gathered from other
-    processes); anchor ``i`` matches positive ``positive_offset + i``.
-    """
+    """Mean InfoNCE loss; anchor ``i``'s target is ``positives[i]``."""
     logits = cosine_matrix(anchors, positives)
     if negatives is not None:
         logits = torch.cat([logits, cosine_matrix(anchors, negatives)], dim=1)
-    labels = torch.arange(anchors.shape[0], device=anchors.device) + positive_offset
+    labels = torch.arange(anchors.shape[0], device=anchors.device)
     return F.cross_entropy(logits / temperature, labels)
 
 
 class InfoNCELoss(torch.nn.Module):
-    """``info_nce`` with its settings bound; ``forward`` takes (anchor, positive, negative)."""
+    """``info_nce`` with its temperature bound; ``forward`` takes (anchor, positive, negative)."""
 
-    def __init__(self, temperature: float = 0.05, hard_negatives: bool = True) -> None:
+    def __init__(self, temperature: float = 0.05) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.temperature = temperature
-        self.hard_negatives = hard_negatives
 
     def forward(
         self,
         anchors: torch.Tensor,
         positives: torch.Tensor,
         negatives: torch.Tensor | None = None,
-        positive_offset: int = 0,
     ) -> torch.Tensor:
-        return info_nce(
-            anchors,
-            positives,
-            negatives if self.hard_negatives else None,
-            self.temperature,
-            positive_offset,
-        )
+        return info_nce(anchors, positives, negatives, self.temperature)

@@ -19,20 +19,14 @@ def triplet_margin(
 
 
 class TripletLoss(torch.nn.Module):
-    """``triplet_margin`` with its margin bound; needs hard negatives."""
+    """``triplet_margin`` with its margin bound; anchor ``i`` uses rows ``i`` of each role."""
 
     def __init__(self, margin: float = 0.2) -> None:
         super().__init__()
         self.margin = margin
 
     def forward(
-        self,
-        anchors: torch.Tensor,
-        positives: torch.Tensor,
-        negatives: torch.Tensor | None = None,
-        positive_offset: int = 0,
+        self, anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
     ) -> torch.Tensor:
-        if negatives is None:
-            raise ValueError("the triplet loss needs hard negatives (drop --no-hard-negatives)")
-        rows = slice(positive_offset, positive_offset + anchors.shape[0])
-        return triplet_margin(anchors, positives[rows], negatives[rows], self.margin)
+        rows = anchors.shape[0]
+        return triplet_margin(anchors, positives[:rows], negatives[:rows], self.margin)

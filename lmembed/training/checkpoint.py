@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,70 +54,68 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(
-    folder: str | Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    step: int,
-    config: dict[str, Any],
-    rng_per_rank: list[dict[str, Any]] | None = None,
-) -> None:
-    """Write everything needed to continue at ``step``; replaces the old checkpoint whole.
+@dataclass
+class TrainingState:
+    """What a checkpoint holds: the live objects of a run and the options that made it.
 
-    ``rng_per_rank`` holds every rank's ``rng_states()`` (default: this process's).
+    ``config`` is the flat option dict (``TrainConfig.to_dict()``); resuming checks the
+    options in ``RESUME_MUST_MATCH`` against it.
     """
-    rng_per_rank = rng_per_rank or [rng_states()]
-    with atomic_directory(folder) as tmp:
-        tensors = {k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()}
-        save_file(tensors, str(tmp / "adapter.safetensors"))
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rng_per_rank,
-            },
-            tmp / "training.pt",
-        )
-        atomic_write_json(
-            tmp / STATE_FILE,
-            {"step": step, "world_size": len(rng_per_rank), "config": config},
-        )
 
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    config: dict[str, Any]
 
-def load_checkpoint(
-    folder: str | Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    config: dict[str, Any],
-    rank: int = 0,
-    world_size: int = 1,
-) -> int:
-    """Restore a checkpoint into live objects (RNG: ``rank``'s); return the step to continue."""
-    folder = Path(folder)
-    state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-    saved_world = state.get("world_size", 1)
-    if saved_world != world_size:
-        raise ValueError(
-            f"cannot resume {folder}: it was written by {saved_world} process(es) and this run "
-            f"has {world_size}; resume with `torchrun --nproc_per_node {saved_world}` "
-            f"(or a plain run if 1), since the data shards and dropout streams depend on it"
-        )
-    changed = [k for k in RESUME_MUST_MATCH if state["config"].get(k) != config.get(k)]
-    if changed:
-        details = ", ".join(
-            f"{k}: {state['config'].get(k)!r} -> {config.get(k)!r}" for k in changed
-        )
-        raise ValueError(
-            f"cannot resume {folder}: options changed since it was written ({details})"
-        )
-    set_peft_model_state_dict(model, load_file(str(folder / "adapter.safetensors")))
-    training = torch.load(folder / "training.pt", weights_only=False)
-    optimizer.load_state_dict(training["optimizer"])
-    scheduler.load_state_dict(training["scheduler"])
-    set_rng_states(training["rng"][rank])
-    return int(state["step"])
+    def save(
+        self, folder: str | Path, step: int, rng_per_rank: list[dict[str, Any]] | None = None
+    ) -> None:
+        """Write everything needed to continue at ``step``; replaces the old checkpoint whole.
+
+        ``rng_per_rank`` holds every rank's ``rng_states()`` (default: this process's).
+        """
+        rng_per_rank = rng_per_rank or [rng_states()]
+        with atomic_directory(folder) as tmp:
+            tensors = {k: v.contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
+            save_file(tensors, str(tmp / "adapter.safetensors"))
+            torch.save(
+                {
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "rng": rng_per_rank,
+                },
+                tmp / "training.pt",
+            )
+            atomic_write_json(
+                tmp / STATE_FILE,
+                {"step": step, "world_size": len(rng_per_rank), "config": self.config},
+            )
+
+    def load(self, folder: str | Path, rank: int = 0, world_size: int = 1) -> int:
+        """Restore a checkpoint into the live objects (RNG: ``rank``'s); return its step."""
+        folder = Path(folder)
+        state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        saved_world = state.get("world_size", 1)
+        if saved_world != world_size:
+            raise ValueError(
+                f"cannot resume {folder}: it was written by {saved_world} process(es) and this "
+                f"run has {world_size}; resume with `torchrun --nproc_per_node {saved_world}` "
+                f"(or a plain run if 1), since the data shards and dropout streams depend on it"
+            )
+        changed = [k for k in RESUME_MUST_MATCH if state["config"].get(k) != self.config.get(k)]
+        if changed:
+            details = ", ".join(
+                f"{k}: {state['config'].get(k)!r} -> {self.config.get(k)!r}" for k in changed
+            )
+            raise ValueError(
+                f"cannot resume {folder}: options changed since it was written ({details})"
+            )
+        set_peft_model_state_dict(self.model, load_file(str(folder / "adapter.safetensors")))
+        training = torch.load(folder / "training.pt", weights_only=False)
+        self.optimizer.load_state_dict(training["optimizer"])
+        self.scheduler.load_state_dict(training["scheduler"])
+        set_rng_states(training["rng"][rank])
+        return int(state["step"])
 
 
 def has_checkpoint(folder: str | Path) -> bool:

@@ -1,36 +1,42 @@
 """``TrainConfig``: every training option, typed, with help text (peft-style).
 
-Precedence: dataclass defaults < YAML file (``--config``) < command-line flags.
-The CLI builds its ``train`` flags from these fields, so an option is declared
-once, here.
+The config nests the embedding recipe (``EmbeddingSpec``: model, prompts, pooling,
+length, dtype) and the LoRA options (``LoraOptions``); users see all options flat
+(``--prompt``, ``--lora-r``; YAML ``prompt:``, ``lora_r:`` or ``lora: {r: 8}``).
+Precedence: dataclass defaults < YAML file (``--config``) < command-line flags,
+and with ``adapter`` set, the adapter's saved spec fills the embedding options
+that neither gives (``resolve_spec``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
-
-def option(default: Any, help: str, **kwargs: Any) -> Any:
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
-    return field(default=default, metadata={"help": help, **kwargs})
+from lmembed.model.lora import LoraOptions
+from lmembed.model.spec import EmbeddingSpec, resolve_spec
+from lmembed.options import build, check_choices, flat_dict, flat_fields, nested, option
 
 
 @dataclass
 class TrainConfig:
     """Options for ``lmembed train``; defaults follow the paper."""
 
-    model: str = option("gemma-3-270m", "model: packaged alias, .gguf, folder or hub id")
-    data: str = option("", "NLI triplets: .csv/.csv.gz/.jsonl/.parquet or a hub dataset id")
+    embedding: EmbeddingSpec = nested(EmbeddingSpec, prefix="", help="the embedding function")
+    data: list[str] = option(
+        [],
+        "training data: .csv/.csv.gz/.jsonl/.parquet file or a hub dataset id",
+        repeat=True,
+    )
+    limit: int | None = option(None, "use only the first N examples")
     output: str = option("", "output folder: adapter, checkpoint, log.jsonl")
     steps: int | None = option(1000, "optimizer steps (ignored when --epochs is given)")
     epochs: float | None = option(None, "train for this many passes over the data instead")
-    batch_size: int = option(32, "triplets per optimizer step (global batch)")
+    batch_size: int = option(32, "examples per optimizer step (global batch)")
     mini_batch_size: int | None = option(
         None,
         "GradCache: embed at most this many texts per forward pass and hold only one chunk's "
@@ -40,33 +46,19 @@ class TrainConfig:
     warmup: int = option(100, "linear warmup steps before cosine decay")
     weight_decay: float = option(1e-4, "AdamW weight decay")
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 disables)")
-    loss: str = option("infonce", "loss function", choices=("infonce", "triplet"))
+    loss: Literal["infonce", "triplet"] = option("infonce", "loss function")
     temperature: float = option(0.05, "InfoNCE temperature")
     margin: float = option(0.2, "triplet loss margin on cosine distance")
-    hard_negatives: bool = option(True, "use the hard_neg column as extra negatives")
-    prompt: str | None = option(None, "prompt template around each text, containing {s}")
-    pooling: str = option("last", "pooling of hidden states", choices=("last", "mean"))
-    max_length: int = option(128, "max tokens per text, EOS included")
-    dtype: str = option("bf16", "backbone dtype (LoRA weights stay fp32)", choices=("bf16", "fp32"))
-    lora_r: int = option(8, "LoRA rank")
-    lora_alpha: int = option(32, "LoRA alpha")
-    lora_dropout: float = option(0.1, "LoRA dropout")
-    lora_targets: list[str] = option(["q_proj", "v_proj"], "linear modules to adapt")
-    limit: int | None = option(None, "use only the first N triplets")
+    hard_negatives: bool = option(True, "use the data's negatives as extra candidates")
+    lora: LoraOptions = nested(LoraOptions, prefix="lora", help="the LoRA adapter")
     seed: int = option(42, "seed for data order, LoRA init and dropout")
     save_every: int = option(100, "checkpoint every N steps (0: only at the end)")
     resume: bool = option(False, "continue from the checkpoint in --output")
-    trust_remote_code: bool = option(False, "allow the model's own code (MiniCPM)")
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise ValueError(
-                    f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}"
-                )
-        if isinstance(self.lora_targets, str):
-            self.lora_targets = [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+        check_choices(self)
+        if isinstance(self.data, (str, Path)):
+            self.data = [str(self.data)]
         if self.steps is None and self.epochs is None:
             raise ValueError("give steps or epochs")
         if self.batch_size < 2:
@@ -76,25 +68,41 @@ class TrainConfig:
                 f"mini_batch_size must be at least 1 (or unset to disable GradCache), "
                 f"got {self.mini_batch_size}"
             )
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.loss == "triplet" and not self.hard_negatives:
+            raise ValueError("the triplet loss needs hard negatives (drop --no-hard-negatives)")
+
+    @classmethod
+    def from_flat(cls, **options: Any) -> TrainConfig:
+        """A config from flat option names (``lr=``, ``prompt=``, ``lora_r=``)."""
+        return build(cls, options, source="options")
 
     def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
+        """A copy with flat options changed (``config.replace(prompt=..., lora_r=4)``)."""
+        return build(type(self), changes, source="options", base=self)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Flat ``{option: value}``: what ``train_config.json`` and YAML files hold."""
+        return flat_dict(self)
+
+
+def option_names() -> list[str]:
+    """Every flat training option name (the YAML keys and, with dashes, the flags)."""
+    return [flat.name for flat in flat_fields(TrainConfig)]
 
 
 def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
-    """Build a config, naming any unknown option and the valid ones."""
-    known = {f.name for f in fields(TrainConfig)}
-    normalised = {str(key).replace("-", "_"): value for key, value in values.items()}
-    unknown = sorted(set(normalised) - known)
-    if unknown:
-        raise ValueError(
-            f"{source}: unknown option(s) {', '.join(unknown)}; valid options: "
-            f"{', '.join(sorted(known))}"
-        )
-    return TrainConfig(**normalised)
+    """Build a config, naming any unknown option and the valid ones.
+
+    With an ``adapter``, the embedding options not in ``values`` come from its saved spec.
+    """
+    values = {str(key).replace("-", "_"): value for key, value in values.items()}
+    embedding_keys = [f.name for f in dataclasses.fields(EmbeddingSpec)]
+    if values.get("adapter") is not None:
+        given = {key: values[key] for key in embedding_keys if key in values}
+        values.update(resolve_spec(given).to_dict())
+    return build(TrainConfig, values, source=source)
 
 
 def load_config(path: str | Path | None, **overrides: Any) -> TrainConfig:

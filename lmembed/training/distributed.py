@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 import transformers
 
-from lmembed.training.checkpoint import rng_states, save_checkpoint
+from lmembed.training.checkpoint import TrainingState, rng_states
 from lmembed.training.sampler import shard_sizes, steps_per_epoch
 
 
@@ -108,14 +108,14 @@ def check_sharding(batch_size: int, n_examples: int, n_steps: int, world_size: i
         )
 
 
-def seed_dropout(seed: int, ctx: Distributed) -> None:
+def seed_dropout(seed: int, job: Distributed) -> None:
     """Give ranks > 0 their own dropout stream (seed + rank).
 
     Called after the LoRA weights are built from the shared seed, so weights
     agree everywhere; rank 0 keeps the stream a single-process run would use.
     """
-    if ctx.rank > 0:
-        torch.manual_seed(seed + ctx.rank)
+    if job.rank > 0:
+        torch.manual_seed(seed + job.rank)
 
 
 class _GatherRows(torch.autograd.Function):
@@ -151,78 +151,86 @@ def gather_rows(local: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
 LossFn = Callable[..., torch.Tensor]
 
 
+def local_rows_first(rows: torch.Tensor, offset: int) -> torch.Tensor:
+    """Rotate gathered rows so this rank's block (starting at ``offset``) comes first.
+
+    The losses expect anchor ``i``'s positive at row ``i``; every other row is just a
+    candidate, and InfoNCE does not depend on the order of candidates.
+    """
+    return torch.roll(rows, -offset, dims=0) if offset else rows
+
+
 def global_batch_loss(
     loss_fn: LossFn,
     anchors: torch.Tensor,
     positives: torch.Tensor,
     negatives: torch.Tensor | None,
-    ctx: Distributed,
+    job: Distributed,
     sizes: Sequence[int],
 ) -> torch.Tensor:
     """This rank's objective ``O_r``: its anchors scored against the global batch.
 
-    See the module docstring: averaging ``O_r`` over ranks gives the full-batch
-    loss, and averaging the gradients gives the full-batch gradient.
+    ``negatives`` holds the same number of rows per anchor on every rank (one hard
+    negative, or several). See the module docstring: averaging ``O_r`` over ranks gives
+    the full-batch loss, and averaging the gradients gives the full-batch gradient.
     """
-    if ctx.world_size == 1:
+    if job.world_size == 1:
         return loss_fn(anchors, positives, negatives)
-    candidates = gather_rows(positives, sizes)
-    hard = gather_rows(negatives, sizes) if negatives is not None else None
-    offset = sum(sizes[: ctx.rank])
-    local = loss_fn(anchors, candidates, hard, positive_offset=offset)
-    return local * (ctx.world_size * sizes[ctx.rank] / sum(sizes))
+    offset = sum(sizes[: job.rank])
+    candidates = local_rows_first(gather_rows(positives, sizes), offset)
+    hard = None
+    if negatives is not None:
+        per_anchor = negatives.shape[0] // anchors.shape[0]
+        gathered = gather_rows(negatives, [n * per_anchor for n in sizes])
+        hard = local_rows_first(gathered, offset * per_anchor)
+    local = loss_fn(anchors, candidates, hard)
+    return local * (job.world_size * sizes[job.rank] / sum(sizes))
 
 
-def mean_across(value: torch.Tensor, ctx: Distributed) -> float:
+def mean_across(value: torch.Tensor, job: Distributed) -> float:
     """Mean of a scalar over ranks (the same number on every rank)."""
-    if ctx.world_size == 1:
+    if job.world_size == 1:
         return value.item()
-    total = value.detach().float().reshape(1).to(ctx.device)
+    total = value.detach().float().reshape(1).to(job.device)
     dist.all_reduce(total)
-    return total.item() / ctx.world_size
+    return total.item() / job.world_size
 
 
-def average_gradients(params: Sequence[torch.nn.Parameter], ctx: Distributed) -> None:
+def average_gradients(params: Sequence[torch.nn.Parameter], job: Distributed) -> None:
     """Replace each gradient by its mean over ranks, in one flat all-reduce."""
-    if ctx.world_size == 1:
+    if job.world_size == 1:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
-    flat /= ctx.world_size
+    flat /= job.world_size
     for param, grad in zip(params, flat.split([p.numel() for p in params]), strict=True):
         param.grad = grad.view_as(param)
 
 
-def gather_objects(obj: Any, ctx: Distributed) -> list[Any]:
+def gather_objects(obj: Any, job: Distributed) -> list[Any]:
     """Every rank's ``obj`` (picklable), in rank order, on every rank."""
-    if ctx.world_size == 1:
+    if job.world_size == 1:
         return [obj]
-    objects: list[Any] = [None] * ctx.world_size
+    objects: list[Any] = [None] * job.world_size
     dist.all_gather_object(objects, obj)
     return objects
 
 
-def barrier(ctx: Distributed) -> None:
-    if ctx.world_size > 1:
+def barrier(job: Distributed) -> None:
+    if job.world_size > 1:
         dist.barrier()
 
 
 def save_checkpoint_on_main(
-    folder: str | os.PathLike,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    step: int,
-    config: dict[str, Any],
-    ctx: Distributed,
+    state: TrainingState, folder: str | os.PathLike, step: int, job: Distributed
 ) -> None:
     """Rank 0 writes the checkpoint with every rank's RNG states; the others wait for it.
 
     Weights and optimizer state are identical on all ranks (gradients are
     averaged), so one copy suffices; dropout streams are per rank.
     """
-    rng_per_rank = gather_objects(rng_states(), ctx)
-    if ctx.is_main:
-        save_checkpoint(folder, model, optimizer, scheduler, step, config, rng_per_rank)
-    barrier(ctx)
+    rng_per_rank = gather_objects(rng_states(), job)
+    if job.is_main:
+        state.save(folder, step, rng_per_rank)
+    barrier(job)

@@ -12,7 +12,7 @@ graph of all texts at once. GradCache splits the work in three passes:
    the same masks, and backpropagate the chunk's slice of that gradient.
 
 The chunks are ``Embedder.chunks``, as in ``Embedder.embed``, so GradCache with
-chunk size ``c`` reproduces a plain ``embed(texts, chunk_size=c)`` pass, dropout
+chunk size ``c`` reproduces a plain ``embed_ids(ids, chunk_size=c)`` pass, dropout
 included, while holding the graph of only ``c`` texts. The price is a second
 forward pass of the whole batch.
 """
@@ -47,16 +47,16 @@ class RngState:
 
 def grad_cache_backward(
     embedder: Embedder,
-    texts: list[str],
+    ids: list[list[int]],
     objective: Callable[[torch.Tensor], torch.Tensor],
     mini_batch_size: int,
 ) -> torch.Tensor:
-    """Backpropagate ``objective(embed(texts))`` into the model, ``mini_batch_size`` texts
+    """Backpropagate ``objective(embed_ids(ids))`` into the model, ``mini_batch_size`` texts
     at a time; return the (detached) objective.
 
-    ``objective`` maps the embeddings of ``texts`` (rows in input order) to a scalar.
+    ``ids`` are tokenized texts (``Embedder.tokenize``); ``objective`` maps their
+    embeddings (rows in input order) to a scalar.
     """
-    ids = embedder.tokenize(texts)
     chunks = embedder.chunks(ids, mini_batch_size)
     device = embedder.device
 

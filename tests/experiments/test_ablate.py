@@ -107,7 +107,7 @@ def test_grid_is_a_cartesian_product_and_identical_runs_share_a_folder(
     assert folders[1] == folders[4] == "default"
     assert len(sweep.configs) == 5
     config = sweep.configs[folders[2]]
-    assert (config.lr, config.lora_r, config.resume) == (1e-2, 4, True)
+    assert (config.lr, config.lora.r, config.resume) == (1e-2, 4, True)
     assert Path(config.output) == tmp_path / "runs" / folders[2]
     assert sweep.varied == ["lr", "lora_r", "prompt"]
     assert len(sweep.embeddings()) == 2  # the base model without and with the prompt

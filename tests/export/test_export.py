@@ -54,7 +54,7 @@ def adapters(tmp_path_factory):
 
 def _train(folder, arch, pad_is_eos=False, padding_side="right", **options):
     model = make_tiny_model(folder / arch, arch, pad_is_eos, padding_side)
-    config = TrainConfig(
+    config = TrainConfig.from_flat(
         model=str(model), data=str(NLI), limit=32, output=str(folder / "run"), steps=2,
         batch_size=8, lr=2e-2, warmup=0, dtype="fp32", save_every=0, seed=0, **options,
     )  # fmt: skip
@@ -87,7 +87,7 @@ def test_every_format_reproduces_encode(case, tmp_path, adapters, sentences):
     # The check below would pass for an export that forgot the LoRA weights otherwise.
     assert _cosines(base, reference).min() < 0.9999, "training changed too little to test"
     for fmt in FORMATS:
-        out = export(tmp_path / fmt, adapter=adapter, format=fmt, dtype="fp32")
+        out = export(tmp_path / fmt, adapter=adapter, kind=fmt, dtype="fp32")
         cosine = _cosines(_encode_export(out, fmt, sentences), reference)
         assert cosine.min() >= 0.9999, (fmt, cosine.min())
 
@@ -152,21 +152,21 @@ def test_split_prompt():
 
 def test_clear_errors(tmp_path, tiny_llama):
     with pytest.raises(ExportError, match="--format must be one of"):
-        export(tmp_path / "x", model=str(tiny_llama), format="onnx")
+        export(tmp_path / "x", model=str(tiny_llama), kind="onnx")
     with pytest.raises(ExportError, match="needs --adapter"):
-        export(tmp_path / "x", model=str(tiny_llama), format="adapter")
+        export(tmp_path / "x", model=str(tiny_llama), kind="adapter")
     with pytest.raises(FileNotFoundError, match="not an lmembed adapter"):
-        export(tmp_path / "x", adapter=tiny_llama, format="adapter")
+        export(tmp_path / "x", adapter=tiny_llama, kind="adapter")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="--overwrite"):
-        export(tmp_path / "full", model=str(tiny_llama), format="merged")
+        export(tmp_path / "full", model=str(tiny_llama), kind="merged")
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
 
 
 def test_adapter_export_copies_only_the_adapter(tmp_path, adapters):
     adapter = adapters("llama-suffix-truncated")
-    out = export(tmp_path / "copy", adapter=adapter, format="adapter")
+    out = export(tmp_path / "copy", adapter=adapter, kind="adapter")
     names = sorted(p.name for p in out.iterdir())
     assert names == ["adapter_config.json", "adapter_model.safetensors", "lmembed.json"]
 
@@ -186,7 +186,7 @@ def test_cli_export(tmp_path, adapters, capsys):
 @pytest.mark.slow
 def test_smollm2_exports_agree(tmp_path, triplets_csv, sentences):
     """A real model: SmolLM2 (pad == eos, GPT-2 style byte-level BPE, a chat template)."""
-    config = TrainConfig(
+    config = TrainConfig.from_flat(
         model="smollm2-135m", data=str(triplets_csv), output=str(tmp_path / "run"), steps=2,
         batch_size=4, lr=1e-3, warmup=0, dtype="fp32", save_every=0, prompt="{s} is: ",
         max_length=32,
@@ -194,6 +194,6 @@ def test_smollm2_exports_agree(tmp_path, triplets_csv, sentences):
     adapter = train(config).output
     reference = Embedder.from_pretrained(adapter=adapter, dtype="fp32").encode(sentences)
     for fmt in FORMATS:
-        out = export(tmp_path / fmt, adapter=adapter, format=fmt, dtype="fp32")
+        out = export(tmp_path / fmt, adapter=adapter, kind=fmt, dtype="fp32")
         cosine = _cosines(_encode_export(out, fmt, sentences), reference)
         assert cosine.min() >= 0.9999, (fmt, cosine.min())

@@ -6,7 +6,8 @@ from tiny_models import SHARED_DATA
 
 from lmembed.model.embedder import Embedder
 from lmembed.training.config import TrainConfig
-from lmembed.training.trainer import read_metrics, train
+from lmembed.training.run_dir import read_metrics
+from lmembed.training.trainer import train
 
 NLI = SHARED_DATA / "nli" / "snli_devtest_triplets_tok.csv.gz"
 
@@ -19,7 +20,7 @@ pytestmark = [
 
 def test_smollm2_twenty_steps_loss_falls_and_adapter_reloads(tmp_path):
     output = tmp_path / "smollm2"
-    config = TrainConfig(
+    config = TrainConfig.from_flat(
         model="smollm2-135m",
         data=str(NLI),
         output=str(output),

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from lmembed.losses import InfoNCELoss, TripletLoss, build_loss, info_nce, triplet_margin
+from lmembed.training.config import TrainConfig
+from lmembed.training.distributed import local_rows_first
 
 
 def _cos(a, b):
@@ -26,16 +28,22 @@ def test_info_nce_matches_hand_computation(hard_negatives):
     torch.manual_seed(0)
     q, p, n = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
     expected = _hand_info_nce(q, p, n if hard_negatives else None, 0.05)
-    got = InfoNCELoss(0.05, hard_negatives)(q, p, n)
+    got = InfoNCELoss(0.05)(q, p, n if hard_negatives else None)
     assert got.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_info_nce_offset_selects_global_positive():
+def test_info_nce_with_several_negatives_per_anchor_matches_hand_computation():
+    torch.manual_seed(2)
+    q, p, n = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3 * 4, 4)  # 4 negatives each
+    assert info_nce(q, p, n, 0.05).item() == pytest.approx(_hand_info_nce(q, p, n, 0.05), rel=1e-5)
+
+
+def test_local_rows_first_selects_global_positive():
     torch.manual_seed(1)
     q, p = torch.randn(2, 4), torch.randn(6, 4)
-    shifted = info_nce(q, p, positive_offset=2)
+    rotated = info_nce(q, local_rows_first(p, offset=2))
     reordered = info_nce(q, torch.cat([p[2:4], p[:2], p[4:]]))
-    assert shifted.item() == pytest.approx(reordered.item(), rel=1e-6)
+    assert rotated.item() == pytest.approx(reordered.item(), rel=1e-6)
 
 
 def test_triplet_matches_hand_computation():
@@ -51,6 +59,6 @@ def test_loss_options_are_validated():
     with pytest.raises(ValueError, match="temperature"):
         InfoNCELoss(0.0)
     with pytest.raises(ValueError, match="hard negatives"):
-        build_loss("triplet", 0.05, hard_negatives=False, margin=0.2)
+        TrainConfig(loss="triplet", hard_negatives=False)
     with pytest.raises(ValueError, match="infonce"):
-        build_loss("cosent", 0.05, True, 0.2)
+        build_loss("cosent", 0.05, 0.2)

@@ -29,11 +29,11 @@ from lmembed.training.distributed import (
     check_sharding,
     mean_across,
 )
+from lmembed.training.run_dir import read_metrics
 from lmembed.training.sampler import batch_indices
 from lmembed.training.trainer import (
     build_embedder,
     forward_backward,
-    read_metrics,
     seed_everything,
     train,
     triplet_batch,
@@ -58,7 +58,7 @@ def _write_triplets(path) -> None:
 
 def _run_config(model, data, output) -> TrainConfig:
     """Dropout stays on (0.1): resume must restore every rank's own RNG stream."""
-    return TrainConfig(
+    return TrainConfig.from_flat(
         model=str(model), data=str(data), output=str(output), steps=4, batch_size=8,
         lr=1e-3, warmup=1, dtype="fp32", save_every=2, seed=0,
     )  # fmt: skip
@@ -72,7 +72,7 @@ def one_step(model, data_path, ctx: Distributed, indices, mini_batch_size):
     process draws for the same rows inside a batch of 8, so with dropout the two
     runs would compute different (equally valid) losses.
     """
-    config = TrainConfig(model=str(model), output="unused", dtype="fp32", lora_dropout=0.0)
+    config = TrainConfig.from_flat(model=str(model), output="unused", dtype="fp32", lora_dropout=0.0)
     seed_everything(0)
     embedder = build_embedder(config).train()
     generator = torch.Generator().manual_seed(1)
@@ -80,8 +80,8 @@ def one_step(model, data_path, ctx: Distributed, indices, mini_batch_size):
     for param in trainable:  # random A *and* B: peft's zero B would zero A's gradient
         param.data = torch.randn(param.shape, generator=generator) * 0.1
     local, sizes = ctx.shard(indices)
-    batch = triplet_batch(load_triplets(str(data_path)), local)
-    loss_fn = build_loss("infonce", 0.05, True, 0.2)
+    batch = triplet_batch(load_triplets(str(data_path)), local, hard_negatives=True)
+    loss_fn = build_loss("infonce", 0.05, 0.2)
     loss = forward_backward(embedder, loss_fn, batch, ctx, sizes, mini_batch_size)
     value = mean_across(loss, ctx)
     average_gradients(trainable, ctx)

@@ -20,7 +20,7 @@ def _config(model, data, output="unused", **changes) -> TrainConfig:
         model=str(model), data=str(data), output=str(output), dtype="fp32", lora_dropout=0.3,
         seed=0, steps=3, batch_size=BATCH, lr=1e-3, warmup=1, save_every=0,
     )  # fmt: skip
-    return TrainConfig(**{**base, **changes})
+    return TrainConfig.from_flat(**{**base, **changes})
 
 
 def _embedder(config: TrainConfig):
@@ -46,7 +46,7 @@ def _grads(embedder) -> dict[str, torch.Tensor]:
 
 
 def _loss_fn():
-    return build_loss("infonce", 0.05, True, 0.2)
+    return build_loss("infonce", 0.05, 0.2)
 
 
 def _grad_cache_step(embedder, batch, mini_batch_size, seed=7):

@@ -9,11 +9,12 @@ from safetensors.torch import load_file
 
 from lmembed.model.embedder import Embedder
 from lmembed.model.loading import load_backbone
-from lmembed.model.lora import attach_lora
+from lmembed.model.lora import LoraOptions, attach_lora
 from lmembed.training import trainer as trainer_module
 from lmembed.training.config import TrainConfig, config_from_dict, load_config
 from lmembed.training.sampler import batch_indices
-from lmembed.training.trainer import NonFiniteLossError, build_embedder, read_metrics, train
+from lmembed.training.run_dir import read_metrics
+from lmembed.training.trainer import NonFiniteLossError, build_embedder, train
 
 
 def _config(model, data, output, **changes) -> TrainConfig:
@@ -29,24 +30,21 @@ def _config(model, data, output, **changes) -> TrainConfig:
         save_every=2,
         seed=0,
     )
-    return TrainConfig(**{**base, **changes})
+    return TrainConfig.from_flat(**{**base, **changes})
 
 
-def test_only_lora_parameters_change(tiny_llama, triplets_csv, tmp_path):
+def test_only_lora_parameters_change(tiny_llama, triplets_csv, tmp_path, monkeypatch):
     config = _config(tiny_llama, triplets_csv, tmp_path / "run")
     before = {k: v.clone() for k, v in build_embedder(config).model.state_dict().items()}
     captured = {}
-    original = trainer_module.save_adapter
+    original = Embedder.save_adapter
 
     def spy(embedder, folder):
         captured["state"] = {k: v.clone() for k, v in embedder.model.state_dict().items()}
         original(embedder, folder)
 
-    trainer_module.save_adapter = spy
-    try:
-        train(config)
-    finally:
-        trainer_module.save_adapter = original
+    monkeypatch.setattr(Embedder, "save_adapter", spy)
+    train(config)
     after = captured["state"]
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed, "training changed nothing"
@@ -54,21 +52,18 @@ def test_only_lora_parameters_change(tiny_llama, triplets_csv, tmp_path):
     assert any("lora_B" in k for k in changed)
 
 
-def test_adapter_reload_reproduces_embeddings(tiny_llama, triplets_csv, tmp_path):
+def test_adapter_reload_reproduces_embeddings(tiny_llama, triplets_csv, tmp_path, monkeypatch):
     output = tmp_path / "run"
     config = _config(tiny_llama, triplets_csv, output, prompt="{s} is: ", pooling="mean")
     captured = {}
-    original = trainer_module.save_adapter
+    original = Embedder.save_adapter
 
     def spy(embedder, folder):
         original(embedder, folder)
         captured["vectors"] = embedder.encode(["a man is eating .", "the dog"])
 
-    trainer_module.save_adapter = spy
-    try:
-        train(config)
-    finally:
-        trainer_module.save_adapter = original
+    monkeypatch.setattr(Embedder, "save_adapter", spy)
+    train(config)
     reloaded = Embedder.from_pretrained(adapter=output)
     assert reloaded.spec.prompt == "{s} is: " and reloaded.spec.pooling == "mean"
     assert reloaded.spec.model == str(tiny_llama)
@@ -147,7 +142,7 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tiny_llama, triplets_csv, tm
 def test_unknown_lora_target_lists_linear_modules(tiny_llama):
     backbone, _ = load_backbone(str(tiny_llama), "fp32")
     with pytest.raises(ValueError, match="its linear modules are: .*q_proj"):
-        attach_lora(backbone, targets=["query_key_value"])
+        attach_lora(backbone, LoraOptions(targets=["query_key_value"]))
 
 
 def test_config_yaml_with_flag_overrides(tmp_path):
@@ -155,11 +150,11 @@ def test_config_yaml_with_flag_overrides(tmp_path):
     path.write_text("model: gemma-3-270m\nlr: 5.0e-4\nsteps: 10\nlora_targets: [q_proj]\n")
     config = load_config(path, lr=1e-3, batch_size=None)
     assert config.lr == 1e-3 and config.steps == 10 and config.batch_size == 32
-    assert config.lora_targets == ["q_proj"]
+    assert config.lora.targets == ["q_proj"]
     with pytest.raises(ValueError, match="unknown option.*learning_rate"):
         config_from_dict({"learning_rate": 1e-4})
     with pytest.raises(ValueError, match="pooling"):
-        TrainConfig(pooling="max")
+        TrainConfig.from_flat(pooling="max")
 
 
 def test_sampler_covers_each_triplet_once_per_epoch():

@@ -1,0 +1,71 @@
+"""A training run's folder: where each file lives, and how to read it back.
+
+``lmembed train --output DIR`` writes:
+
+* the adapter (``adapter_model.safetensors``, ``adapter_config.json``, ``lmembed.json``);
+* ``train_config.json``: every option, flat (``TrainConfig.to_dict()``);
+* ``log.jsonl``: one record per step (loss, lr, examples/s);
+* ``checkpoint/``: what ``--resume`` needs (``checkpoint.TrainingState``).
+
+Experiments, reports and benchmarks read runs through this module only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lmembed.io import atomic_write_text
+from lmembed.training.checkpoint import has_checkpoint
+
+
+class RunDir:
+    """Paths inside one run folder."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoint"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "log.jsonl"
+
+    @property
+    def config(self) -> Path:
+        return self.path / "train_config.json"
+
+    def has_checkpoint(self) -> bool:
+        return has_checkpoint(self.checkpoint)
+
+    def write_config(self, options: dict[str, Any]) -> None:
+        atomic_write_text(self.config, json.dumps(options, indent=2) + "\n")
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(self.log)
+
+
+class MetricsLog:
+    """Append-only JSONL of per-step metrics; on resume, later lines are dropped."""
+
+    def __init__(self, path: Path, keep_until_step: int) -> None:
+        self.path = path
+        if path.exists():
+            kept = [r for r in read_metrics(path) if r["step"] <= keep_until_step]
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The per-step records of a ``log.jsonl`` (empty when training has not started)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line]

@@ -1,12 +1,18 @@
-"""STS benchmark files: the task registry, data-dir lookup and a strict TSV reader.
+"""STS files: the task registry, data-dir lookup and strict readers.
 
-Files follow ``/work/shared/data/README.md``: UTF-8 TSV, one header row, no quoting
-(sentences contain ``"``), first three columns ``sentence1, sentence2, score``.
-Sentences are kept byte-for-byte, including leading and trailing spaces.
+Built-in files follow ``/work/shared/data/README.md``: UTF-8 TSV, one header row, no
+quoting (sentences contain ``"``), first three columns ``sentence1, sentence2, score``.
+A user's own file (``--tasks pairs.tsv``) may also be ``.csv`` (RFC 4180 quoting) or
+``.jsonl`` with the same three columns/keys, in any order for those two. Sentences
+are kept byte-for-byte, including leading and trailing spaces. A score outside the
+task's expected range is a warning, not an error: scales differ between sets.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import logging
 import math
 import os
@@ -32,6 +38,7 @@ class TaskInfo:
     name: str
     filename: str
     count: int
+    score_range: tuple[float, float] = (0.0, 5.0)
 
 
 TASKS: dict[str, TaskInfo] = {
@@ -44,7 +51,7 @@ TASKS: dict[str, TaskInfo] = {
         TaskInfo("sts16", "sts/sts16.tsv", 1186),
         TaskInfo("sts17", "sts/sts17_en-en.tsv", 250),
         TaskInfo("stsb", "sts/stsb_test.tsv", 1379),
-        TaskInfo("biosses", "sts/biosses.tsv", 100),
+        TaskInfo("biosses", "sts/biosses.tsv", 100, (0.0, 4.0)),
         TaskInfo("sickr", "sts/sickr_full.tsv", 9927),
         TaskInfo("sickr-test", "sts/sickr_test.tsv", 4927),
         TaskInfo("stsb-dev", "sts/stsb_dev.tsv", 1500),
@@ -54,6 +61,9 @@ TASKS: dict[str, TaskInfo] = {
 ALL_TASKS = ("sts12", "sts13", "sts14", "sts15", "sts16", "sts17", "stsb", "biosses", "sickr")
 QUICK_TASKS = ("stsb", "biosses", "sts17")
 _GROUPS = {"all": ALL_TASKS, "quick": QUICK_TASKS}
+FILE_SUFFIXES = (".tsv", ".csv", ".jsonl")
+# Own files have no known scale; STS's 0-5 is the common one.
+DEFAULT_RANGE = (0.0, 5.0)
 
 
 @dataclass(frozen=True)
@@ -73,12 +83,18 @@ class STSTask:
 def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
     """Expand ``"all"``, ``"quick"`` or ``"stsb,biosses"`` (or a list of those) to task names.
 
-    Order is kept and duplicates are dropped, so ``"quick,stsb"`` evaluates stsb once.
+    A path to an STS file (``.tsv``, ``.csv``, ``.jsonl``, optionally gzipped) is a task
+    too, named by the path as given. Order is kept and duplicates are dropped, so
+    ``"quick,stsb"`` evaluates stsb once.
     """
-    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    parts = spec.split(",") if isinstance(spec, str) else [str(p) for p in spec]
     names: list[str] = []
-    for part in (p.strip().lower() for p in parts):
+    for raw in (p.strip() for p in parts):
+        part = raw.lower()
         if not part:
+            continue
+        if is_sts_file(raw):
+            names.append(raw)
             continue
         if part not in _GROUPS and part not in TASKS:
             valid = ", ".join([*_GROUPS, *TASKS])
@@ -109,8 +125,19 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     return path
 
 
+def is_sts_file(name: str | Path) -> bool:
+    """Whether a task name is a path to a user's own STS file rather than a built-in name."""
+    suffix = str(name).lower().removesuffix(".gz")
+    return str(name).lower() not in TASKS and suffix.endswith(FILE_SUFFIXES)
+
+
 def load_sts(name: str, data_dir: str | Path | None = None) -> STSTask:
-    """Read one task from the data dir. Raises ``DataError`` naming file, line and column."""
+    """Read one task: a built-in name from the data dir, or a path to an own STS file.
+
+    Raises ``DataError`` naming file, line and column.
+    """
+    if is_sts_file(name):
+        return load_sts_file(name)
     if name not in TASKS:
         raise ValueError(f"unknown STS task {name!r}; valid names: {', '.join(TASKS)}")
     info = TASKS[name]
@@ -123,7 +150,8 @@ def load_sts(name: str, data_dir: str | Path | None = None) -> STSTask:
             hint=f"run `lmembed data download --to {root}` or point --data-dir / "
             f"{DATA_DIR_ENV} at a folder that has {info.filename}",
         )
-    sentences1, sentences2, scores = _read_tsv(path)
+    sentences1, sentences2, scores, lines = _read_tsv(path)
+    _check_range(path, scores, lines, info.score_range)
     if len(scores) != info.count:
         logger.warning(
             "%s: task %s has %d pairs, the canonical release has %d; scores will not be "
@@ -136,7 +164,25 @@ def load_sts(name: str, data_dir: str | Path | None = None) -> STSTask:
     return STSTask(name, sentences1, sentences2, np.asarray(scores, dtype=np.float64), path)
 
 
-def _read_tsv(path: Path) -> tuple[list[str], list[str], list[float]]:
+def load_sts_file(path: str | Path, expected_range: tuple[float, float] = DEFAULT_RANGE) -> STSTask:
+    """A user's STS file (``.tsv``/``.csv``/``.jsonl``, optionally ``.gz``) as a task named by
+    its path; scores outside ``expected_range`` are logged as a warning."""
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(file, "STS file not found", hint="check the path given to --tasks")
+    suffix = file.name.lower().removesuffix(".gz")
+    reader = _read_jsonl if suffix.endswith(".jsonl") else _read_csv
+    if suffix.endswith(".tsv"):
+        reader = _read_tsv
+    sentences1, sentences2, scores, lines = reader(file)
+    _check_range(file, scores, lines, expected_range)
+    return STSTask(str(path), sentences1, sentences2, np.asarray(scores, dtype=np.float64), file)
+
+
+Rows = tuple[list[str], list[str], list[float], list[int]]
+
+
+def _read_tsv(path: Path) -> Rows:
     lines = split_lines(read_text(path, expected="a header row sentence1<TAB>sentence2<TAB>score"))
     header = lines[0].split("\t")
     if tuple(header[:3]) != HEADER:
@@ -146,9 +192,7 @@ def _read_tsv(path: Path) -> tuple[list[str], list[str], list[float]]:
             line=1,
             hint="the first line must be sentence1<TAB>sentence2<TAB>score (tab-separated)",
         )
-    sentences1: list[str] = []
-    sentences2: list[str] = []
-    scores: list[float] = []
+    rows: Rows = ([], [], [], [])
     for number, line in enumerate(lines[1:], 2):
         cells = line.split("\t")
         if len(cells) < 3:
@@ -158,12 +202,108 @@ def _read_tsv(path: Path) -> tuple[list[str], list[str], list[float]]:
                 line=number,
                 hint="separate sentence1, sentence2 and score with tabs; remove blank lines",
             )
-        sentences1.append(cells[0])
-        sentences2.append(cells[1])
-        scores.append(_score(path, number, cells[2]))
-    if not scores:
+        _append(rows, cells[0], cells[1], _score(path, number, cells[2]), number)
+    return _nonempty(path, rows)
+
+
+def _read_csv(path: Path) -> Rows:
+    text = read_text(path, expected="a header row sentence1,sentence2,score")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows: Rows = ([], [], [], [])
+    try:
+        header = next(reader)
+        where = _columns(path, header, "comma-separated header")
+        for cells in reader:
+            if not cells:
+                continue
+            if len(cells) != len(header):
+                raise DataError(
+                    path,
+                    f"{len(cells)} column(s), the header has {len(header)}",
+                    line=reader.line_num,
+                    hint="quote cells that contain commas with double quotes",
+                )
+            s1, s2, score = (cells[where[c]] for c in HEADER)
+            _append(rows, s1, s2, _score(path, reader.line_num, score), reader.line_num)
+    except csv.Error as err:
+        raise DataError(path, f"malformed CSV ({err})", line=reader.line_num) from None
+    return _nonempty(path, rows)
+
+
+def _read_jsonl(path: Path) -> Rows:
+    lines = split_lines(read_text(path, expected='one {"sentence1", "sentence2", "score"} a line'))
+    rows: Rows = ([], [], [], [])
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as err:
+            raise DataError(path, f"invalid JSON ({err})", line=number) from None
+        if not isinstance(record, dict):
+            raise DataError(path, "expected a JSON object", line=number)
+        _columns(path, list(record), "JSON object", number)
+        s1, s2 = (_text(path, number, record, key) for key in HEADER[:2])
+        score = record["score"]
+        if isinstance(score, bool) or not isinstance(score, (int, float, str)):
+            score = "not a number"
+        _append(rows, s1, s2, _score(path, number, str(score)), number)
+    return _nonempty(path, rows)
+
+
+def _columns(path: Path, names: list[str], what: str, line: int = 1) -> dict[str, int]:
+    missing = [c for c in HEADER if c not in names]
+    if missing:
+        raise DataError(
+            path,
+            f"{what} lacks {', '.join(missing)} (found {names[:6]})",
+            line=line,
+            hint="name the columns sentence1, sentence2 and score",
+        )
+    return {c: names.index(c) for c in HEADER}
+
+
+def _text(path: Path, line: int, record: dict, key: str) -> str:
+    value = record[key]
+    if not isinstance(value, str):
+        raise DataError(path, f"{key} must be a string", line=line, column=key)
+    return value
+
+
+def _append(rows: Rows, s1: str, s2: str, score: float, line: int) -> None:
+    for column, value in zip(rows, (s1, s2, score, line), strict=True):
+        column.append(value)
+
+
+def _nonempty(path: Path, rows: Rows) -> Rows:
+    if not rows[2]:
         raise DataError(path, "no sentence pairs after the header", line=2)
-    return sentences1, sentences2, scores
+    return rows
+
+
+def _check_range(
+    path: Path, scores: list[float], lines: list[int], expected: tuple[float, float]
+) -> None:
+    """Warn (once per file) about scores outside ``expected``; log the observed range."""
+    low, high = min(scores), max(scores)
+    outside = [i for i, s in enumerate(scores) if not expected[0] <= s <= expected[1]]
+    if outside:
+        first = outside[0]
+        logger.warning(
+            "%s, line %d: score %g is outside the expected range %g-%g (%d of %d scores are; "
+            "observed range %g-%g). Scales differ between sets, so this is not an error; "
+            "check the file if it should be on a %g-%g scale",
+            path,
+            lines[first],
+            scores[first],
+            *expected,
+            len(outside),
+            len(scores),
+            low,
+            high,
+            *expected,
+        )
+    logger.info("%s: %d pairs, scores %g-%g", path, len(scores), low, high)
 
 
 def _score(path: Path, line: int, text: str) -> float:

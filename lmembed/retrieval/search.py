@@ -27,36 +27,56 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
 class TopK:
     """The running ``k`` best (score, corpus index) per query over chunks seen so far."""
 
-    def __init__(self, queries: np.ndarray, k: int) -> None:
+    def __init__(self, queries: np.ndarray, k: int, query_block: int = 1024) -> None:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         self.queries = normalize(queries)
         self.k = k
+        self.query_block = query_block
         self.scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
         self.indices = np.zeros((len(queries), 0), dtype=np.int64)
         self.seen = 0
 
     def add(self, chunk: np.ndarray) -> None:
-        """Score the next corpus chunk (rows ``seen .. seen + len(chunk)``) and merge it."""
-        scores = self.queries @ normalize(chunk).T
-        indices = np.broadcast_to(np.arange(self.seen, self.seen + len(chunk)), scores.shape)
+        """Score the next corpus chunk (rows ``seen .. seen + len(chunk)``) and merge it.
+
+        Queries go ``query_block`` at a time, so the score matrix in memory is at most
+        ``query_block x len(chunk)``.
+        """
+        chunk = normalize(chunk)
+        positions = np.arange(self.seen, self.seen + len(chunk))
         self.seen += len(chunk)
-        self.scores, self.indices = _best(
-            np.concatenate([self.scores, scores], axis=1),
-            np.concatenate([self.indices, indices], axis=1),
+        merged = [
+            self._merge(rows, chunk, positions)
+            for rows in _blocks(len(self.queries), self.query_block)
+        ]
+        if merged:
+            self.scores = np.concatenate([m[0] for m in merged])
+            self.indices = np.concatenate([m[1] for m in merged])
+
+    def _merge(self, rows: slice, chunk: np.ndarray, positions: np.ndarray):
+        scores = self.queries[rows] @ chunk.T
+        indices = np.broadcast_to(positions, scores.shape)
+        return _best(
+            np.concatenate([self.scores[rows], scores], axis=1),
+            np.concatenate([self.indices[rows], indices], axis=1),
             self.k,
         )
 
 
 def search(
-    queries: np.ndarray, chunks: Iterable[np.ndarray], k: int
+    queries: np.ndarray, chunks: Iterable[np.ndarray], k: int, query_block: int = 1024
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cosine top-``k`` of each query over the concatenated ``chunks``: (scores, indices),
     best first; fewer than ``k`` columns when the corpus is smaller."""
-    top = TopK(queries, k)
+    top = TopK(queries, k, query_block)
     for chunk in chunks:
         top.add(chunk)
     return top.scores, top.indices
+
+
+def _blocks(total: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, total)) for start in range(0, total, size)]
 
 
 def _best(scores: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

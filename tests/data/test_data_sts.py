@@ -138,3 +138,128 @@ def test_shared_quote_and_spaces_verbatim(shared_data_dir: Path) -> None:
     )
     biosses = load_sts("biosses", shared_data_dir)
     assert biosses.sentences2[0].endswith("lung cancer. ")  # trailing space kept
+
+
+# Own STS files (--tasks path/to/pairs.tsv|csv|jsonl) and the score range warning.
+
+
+def _own(tmp_path: Path, name: str, text: str | bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return path
+
+
+OWN_FILES = {
+    "pairs.tsv": HEADER + 'A "q" \tb\t4.5\nc\td\t0\n',
+    "pairs.csv": 'score,sentence2,sentence1\n4.5,b,"A ""q"" "\n0,d,c\n',
+    "pairs.jsonl": '{"sentence1": "A \\"q\\" ", "sentence2": "b", "score": 4.5}\n\n'
+    '{"sentence2": "d", "sentence1": "c", "score": "0"}\n',
+}
+
+
+@pytest.mark.parametrize("name", sorted(OWN_FILES))
+def test_own_file_in_each_format(tmp_path: Path, name: str) -> None:
+    path = _own(tmp_path, name, OWN_FILES[name])
+    assert resolve_tasks(f"stsb,{path}") == ["stsb", str(path)]
+    task = load_sts(str(path))  # no data dir needed
+    assert task.name == str(path) and task.path == path
+    assert task.sentences1 == ['A "q" ', "c"] and task.sentences2 == ["b", "d"]
+    assert list(task.scores) == [4.5, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "line", "column", "fragment"),
+    [
+        ("p.csv", "sentence1,score\na,1\n", 1, None, "lacks sentence2"),
+        ("p.csv", "sentence1,sentence2,score\na,b,1\na,b\n", 3, None, "2 column(s)"),
+        ("p.csv", 'sentence1,sentence2,score\n"a,b,1\n', 2, None, "malformed CSV"),
+        ("p.csv", "sentence1,sentence2,score\na,b,x\n", 2, "score", "'x' is not a number"),
+        ("p.jsonl", '{"sentence1": "a", "sentence2": "b", "score": 1}\n{oops\n', 2, None, "JSON"),
+        ("p.jsonl", "[1, 2]\n", 1, None, "expected a JSON object"),
+        ("p.jsonl", '{"sentence1": "a", "score": 1}\n', 1, None, "lacks sentence2"),
+        ("p.jsonl", '{"sentence1": 3, "sentence2": "b", "score": 1}\n', 1, "sentence1", "string"),
+        ("p.jsonl", '{"sentence1": "a", "sentence2": "b", "score": true}\n', 1, "score", "number"),
+        ("p.tsv", "sentence1\tsentence2\tscore\n", 2, None, "no sentence pairs"),
+        ("missing.tsv", None, None, None, "STS file not found"),
+    ],
+)
+def test_own_file_errors(tmp_path: Path, name, text, line, column, fragment) -> None:
+    path = _own(tmp_path, name, text) if text is not None else tmp_path / name
+    with pytest.raises(DataError) as info:
+        load_sts(str(path))
+    assert (info.value.line, info.value.column) == (line, column)
+    assert fragment in str(info.value) and str(path) in str(info.value)
+
+
+def test_score_out_of_range_warns_with_file_line_and_range(tmp_path, caplog) -> None:
+    path = _own(tmp_path, "pairs.tsv", HEADER + "a\tb\t4\nc\td\t17\ne\tf\t-1\n")
+    with caplog.at_level(logging.INFO, logger="lmembed"):
+        task = load_sts(str(path))
+    assert list(task.scores) == [4.0, 17.0, -1.0]  # a warning, not an error
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    assert f"{path}, line 3: score 17 is outside the expected range 0-5" in message
+    assert "2 of 3 scores" in message and "observed range -1-17" in message
+    assert f"{path}: 3 pairs, scores -1-17" in caplog.text
+
+
+def test_builtin_ranges(tmp_path, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="lmembed"):
+        load_sts("biosses", _data_dir(tmp_path, HEADER + "a\tb\t4.5\n", "sts/biosses.tsv"))
+    assert "score 4.5 is outside the expected range 0-4" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lmembed"):
+        load_sts("stsb", _data_dir(tmp_path, HEADER + "a\tb\t4.5\n"))
+    assert "outside" not in caplog.text
+
+
+# Property tests: whatever the bytes or columns, the loader returns a task or a DataError.
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+SUFFIXES = st.sampled_from([".tsv", ".csv", ".jsonl", ".tsv.gz"])
+PROPERTY = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+def _load_or_data_error(path: Path) -> None:
+    try:
+        task = load_sts(str(path))
+    except DataError:
+        return
+    assert len(task.sentences1) == len(task.sentences2) == len(task.scores) > 0
+    assert np.isfinite(task.scores).all()
+
+
+@PROPERTY
+@given(data=st.binary(max_size=300), suffix=SUFFIXES)
+def test_random_bytes_give_a_task_or_data_error(tmp_path_factory, data: bytes, suffix) -> None:
+    _load_or_data_error(_own(tmp_path_factory.mktemp("b"), f"f{suffix}", data))
+
+
+CELLS = st.one_of(
+    st.text(max_size=8), st.sampled_from(["1", "4.5", "nan", "-inf", "1e999", "", '"', "\t"])
+)
+COLUMNS = st.lists(
+    st.sampled_from(["sentence1", "sentence2", "score", "other", ""]), min_size=0, max_size=5
+)
+
+
+@PROPERTY
+@given(
+    columns=COLUMNS,
+    rows=st.lists(st.lists(CELLS, max_size=6), max_size=4),
+    suffix=st.sampled_from([".tsv", ".csv", ".jsonl"]),
+)
+def test_random_columns_give_a_task_or_data_error(tmp_path_factory, columns, rows, suffix):
+    if suffix == ".jsonl":
+        import json
+
+        text = "".join(json.dumps(dict(zip(columns, row, strict=False))) + "\n" for row in rows)
+    else:
+        sep = "\t" if suffix == ".tsv" else ","
+        text = "\n".join(sep.join(line) for line in [columns, *rows]) + "\n"
+    _load_or_data_error(_own(tmp_path_factory.mktemp("c"), f"f{suffix}", text))

@@ -96,6 +96,17 @@ def quantize(
     return (codes - 128).astype(np.int8), ranges
 
 
+def shrink(
+    vectors: np.ndarray,
+    dims: int | None,
+    precision: Precision,
+    normalize: bool = False,
+    ranges: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``truncate`` then ``quantize``: what ``encode --dims --precision`` stores."""
+    return quantize(truncate(vectors, dims, normalize), precision, ranges)
+
+
 def stored_width(dims: int, precision: str) -> int:
     """Columns of a stored vector: ``dims``, or ``ceil(dims / 8)`` bytes of packed bits."""
     return -(-dims // 8) if precision in PACKED else dims

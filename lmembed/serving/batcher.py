@@ -210,7 +210,7 @@ class MicroBatcher:
                 self._answer(jobs[:middle], role, probed=True)
                 self._answer(jobs[middle:], role, probed=True)
             else:
-                self._answer_alone(jobs[0], role)
+                self._answer_alone(jobs[0], role, error)
             return
         start = 0
         for job in jobs:
@@ -218,23 +218,30 @@ class MicroBatcher:
             self._deliver(job, (vectors[start:end], counts[start:end]))
             start = end
 
-    def _answer_alone(self, job: Job, role: Role | None) -> None:
+    def _answer_alone(self, job: Job, role: Role | None, error: Exception) -> None:
         try:
-            result = self._bisect(job.texts, role, 0)
-        except InputError as error:
-            logger.warning("request rejected: %s", error)
+            result = self._bisect(job.texts, role, 0, error)
+        except InputError as failure:
+            logger.warning("request rejected: %s", failure)
             self.stats.input_errors += 1
-            _settle(job.future, error)
+            _settle(job.future, failure)
         else:
             self._deliver(job, result)
 
-    def _bisect(self, texts: list[str], role: Role | None, offset: int) -> Encoded:
-        """Encode ``texts`` in halves until a failing text is alone; ``InputError`` names it."""
-        try:
-            return self._encode(texts, role)
-        except Exception as error:
-            if len(texts) == 1:
-                raise InputError(offset, error) from error
+    def _bisect(
+        self, texts: list[str], role: Role | None, offset: int, error: Exception | None = None
+    ) -> Encoded:
+        """Encode ``texts`` in halves until a failing text is alone; ``InputError`` names it.
+
+        ``error``: ``texts`` already failed together with it (no need to try again).
+        """
+        if error is None:
+            try:
+                return self._encode(texts, role)
+            except Exception as failure:
+                error = failure
+        if len(texts) == 1:
+            raise InputError(offset, error) from error
         middle = len(texts) // 2
         left = self._bisect(texts[:middle], role, offset)
         right = self._bisect(texts[middle:], role, offset + middle)

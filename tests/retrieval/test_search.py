@@ -23,7 +23,7 @@ def test_chunked_search_equals_brute_force(chunk: int) -> None:
     corpus = rng.choice([-0.5, 0.5], size=(300, 4)).astype(np.float32)
     queries = rng.choice([-0.5, 0.5], size=(20, 4)).astype(np.float32)
     chunks = [corpus[i : i + chunk] for i in range(0, len(corpus), chunk)]
-    scores, indices = search(queries, chunks, k=25)
+    scores, indices = search(queries, chunks, k=25, query_block=7)
     want_scores, want_indices = _brute_force(queries, corpus, 25)
     np.testing.assert_array_equal(indices, want_indices)
     np.testing.assert_allclose(scores, want_scores, atol=1e-6)

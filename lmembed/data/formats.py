@@ -134,7 +134,8 @@ class TsvSource(_TextSource):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         with self.file.open("rb") as handle:
-            self.columns = [c.strip() for c in self._cells(handle.readline().decode("utf-8"))]
+            header = decode_line(handle.readline(), self.path, 1)
+            self.columns = [c.strip() for c in self._cells(header)]
 
     @staticmethod
     def _cells(text: str) -> list[str]:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 _SCAN = 8  # deferred examples a batch looks at, in batch sizes
+_CHUNK = 1 << 14  # examples per duplicate check
 
 
 def steps_per_epoch(n_examples: int, batch_size: int) -> int:
@@ -77,17 +78,20 @@ def epoch_plan(
 
 
 def _first_conflict(order: np.ndarray, batch_size: int, keys: Sequence[np.ndarray]) -> int:
-    """Index of the first plain slice holding a repeated key (the batch count if none)."""
+    """Index of the first plain slice holding a repeated key (the batch count if none).
+
+    Checked a chunk of whole batches at a time, so the temporaries stay small."""
     n_batches = steps_per_epoch(len(order), batch_size)
-    batch_of = (np.arange(len(order)) // batch_size).astype(np.uint64)
-    first = n_batches
-    for key in keys:
-        tagged = (batch_of << np.uint64(32)) | key[order].astype(np.uint64)
-        ranked = np.sort(tagged)
-        repeats = ranked[1:][ranked[1:] == ranked[:-1]]
-        if len(repeats):
-            first = min(first, int(repeats.min() >> np.uint64(32)))
-    return first
+    chunk = max(1, _CHUNK // batch_size)
+    for start in range(0, n_batches, chunk):
+        part = order[start * batch_size : (start + chunk) * batch_size]
+        batch_of = (np.arange(len(part)) // batch_size).astype(np.uint64) << np.uint64(32)
+        for key in keys:
+            ranked = np.sort(batch_of | key[part])
+            repeats = ranked[1:][ranked[1:] == ranked[:-1]]
+            if len(repeats):
+                return start + int(repeats.min() >> np.uint64(32))
+    return n_batches
 
 
 def _greedy(

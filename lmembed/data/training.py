@@ -33,8 +33,8 @@ from lmembed.data.errors import DataError
 from lmembed.data.formats import Source, dataset_name, open_sources
 from lmembed.data.layouts import Example, Layout, parse_columns, resolve_layout
 from lmembed.data.mixing import MIXING_HELP, Mixing, parse_mixing
-from lmembed.options import option
 from lmembed.data.sampler import EpochPlan, epoch_plan, steps_per_epoch
+from lmembed.options import option
 
 logger = logging.getLogger(__name__)
 

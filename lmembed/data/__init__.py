@@ -11,18 +11,23 @@ from lmembed.data.sts import (
     resolve_data_dir,
     resolve_tasks,
 )
+from lmembed.data.training import Batch, DataOptions, TrainingData, load_training_data
 from lmembed.data.triplets import Triplets, load_triplets
 
 __all__ = [
     "ALL_TASKS",
+    "Batch",
     "DOWNLOAD_TASKS",
     "QUICK_TASKS",
     "TASKS",
     "DataError",
+    "DataOptions",
     "STSTask",
+    "TrainingData",
     "Triplets",
     "download",
     "load_sts",
+    "load_training_data",
     "load_triplets",
     "resolve_data_dir",
     "resolve_tasks",

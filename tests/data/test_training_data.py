@@ -111,7 +111,8 @@ def test_rows_with_fewer_negatives(tmp_path: Path) -> None:
 def test_parquet_with_list_cells_and_small_row_groups(tmp_path: Path) -> None:
     path = tmp_path / "t.parquet"
     table = pa.table({"query": [r["q"] for r in ROWS], "positive": [r["a"] for r in ROWS],
-                      "negatives": [[r["n1"], r["n2"]] for r in ROWS], "id": list(range(7))})  # fmt: skip
+                      "negatives": [[r["n1"], r["n2"]] for r in ROWS],
+                      "id": list(range(7))})  # fmt: skip
     pq.write_table(table, path, row_group_size=3)
     assert _all(_load(path)) == _expected(2)
 
@@ -212,3 +213,12 @@ def test_hub_dataset_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     data = _load("owner/pairs")
     assert data.names == ["owner/pairs"] and len(data) == 5
     assert sorted(data.batch(0, 5, seed=1).anchors) == [f"a{i}" for i in range(5)]
+
+
+def test_options_build_from_flat_values(tmp_path: Path) -> None:
+    from lmembed.options import build, flat_fields
+
+    names = [f.name for f in flat_fields(DataOptions)]
+    assert names == ["data", "columns", "mixing", "negatives_per_anchor", "dedupe", "limit"]
+    options = build(DataOptions, {"data": "a.csv", "negatives-per-anchor": 2}, "train.yaml")
+    assert options.data == ["a.csv"] and options.negatives_per_anchor == 2

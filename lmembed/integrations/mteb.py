@@ -1,14 +1,17 @@
-"""Run an lmembed ``Embedder`` through mteb 2.x, and mteb's evaluators on local STS files.
+"""Run an lmembed ``Embedder`` through mteb 2.x, and mteb's evaluators on local files.
 
 ``MTEBEncoder`` implements mteb's ``EncoderProtocol`` as mteb 2.26 defines it:
 ``encode(inputs: DataLoader[BatchedInput], *, task_metadata, hf_split, hf_subset,
-prompt_type=None, **kwargs) -> Array``. lmembed's embedding is symmetric: the
-adapter's prompt template is applied to every text, so mteb's prompt types and
-task instructions are ignored (they would change the function the model was
-trained for).
+prompt_type=None, **kwargs) -> Array``. mteb's prompt type picks the embedding's role:
+queries get the spec's ``query_prompt``, documents its ``document_prompt`` (both fall
+back to ``prompt``, so a symmetric model embeds both alike). mteb's task instructions
+are ignored: they would change the function the model was trained for.
 
 ``LocalSTSTask`` is an mteb STS task over one of lmembed's STS files
-(``lmembed.data.load_sts``), so mteb's own evaluator runs without the hub.
+(``lmembed.data.load_sts``), and ``LocalRetrievalTask`` an mteb retrieval task over a
+BEIR-layout folder (``lmembed.data.retrieval.load_retrieval``), so mteb's own
+evaluators run without the hub. Real mteb tasks (``mteb.get_tasks(["SciFact"])``) run
+through the same encoder for users with a hub.
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ from typing import Any
 
 import numpy as np
 from datasets import Dataset, DatasetDict
+from mteb.abstasks.retrieval import AbsTaskRetrieval
 from mteb.abstasks.sts import AbsTaskSTS
 from mteb.abstasks.task_metadata import TaskMetadata
 from mteb.models import ModelMeta
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ScoringFunction
+from mteb.types import PromptType
 
+from lmembed.data.retrieval import load_retrieval
 from lmembed.data.sts import load_sts
 from lmembed.model.embedder import Embedder
 
@@ -59,11 +65,16 @@ class MTEBEncoder(AbsEncoder):
         prompt_type=None,
         **kwargs: Any,
     ) -> np.ndarray:
-        """Embed every text of the dataloader in order (mteb batches are re-sorted by length)."""
+        """Embed every text of the dataloader in order (mteb batches are re-sorted by length),
+        with the prompt of the role mteb names (query, document, or none)."""
         texts = [text for batch in inputs for text in batch["text"]]
         batch_size = kwargs.get("batch_size") or self.batch_size
         show = bool(kwargs.get("show_progress_bar", False))
-        return self.model.encode(texts, batch_size=batch_size, show_progress=show)
+        role = _ROLES.get(PromptType(prompt_type)) if prompt_type is not None else None
+        return self.model.encode(texts, batch_size=batch_size, show_progress=show, role=role)
+
+
+_ROLES = {PromptType.query: "query", PromptType.document: "document"}
 
 
 def _spec_revision(embedder: Embedder) -> str:
@@ -96,4 +107,44 @@ class LocalSTSTask(AbsTaskSTS):
         self.min_score, self.max_score = float(task.scores.min()), float(task.scores.max())
         rows = {"sentence1": task.sentences1, "sentence2": task.sentences2, "score": task.scores}
         self.dataset = {"default": DatasetDict({"test": Dataset.from_dict(rows)})}
+        self.data_loaded = True
+
+
+class LocalRetrievalTask(AbsTaskRetrieval):
+    """An mteb retrieval task (split ``test`` by default) from a BEIR folder or a task name."""
+
+    def __init__(
+        self,
+        task: str | Path,
+        data_dir: str | Path | None = None,
+        split: str = "test",
+        **kwargs: Any,
+    ) -> None:
+        loaded = load_retrieval(task, data_dir, split)
+        self.metadata = TaskMetadata(
+            name=f"lmembed-{loaded.name}",
+            dataset={"path": str(loaded.path), "revision": loaded.corpus_sha256[:12]},
+            description=f"lmembed retrieval task {loaded.name!r} read from {loaded.path}",
+            type="Retrieval",
+            category="t2t",
+            modalities=["text"],
+            eval_splits=[split],
+            eval_langs=["eng-Latn"],
+            main_score="ndcg_at_10",
+        )
+        super().__init__(**kwargs)
+        # Documents are already "title text", the composition mteb itself would apply.
+        corpus = {
+            "id": loaded.doc_ids,
+            "title": [""] * len(loaded.doc_ids),
+            "text": loaded.documents,
+        }
+        queries = {"id": loaded.query_ids, "text": loaded.queries}
+        split_data = {
+            "corpus": Dataset.from_dict(corpus),
+            "queries": Dataset.from_dict(queries),
+            "relevant_docs": loaded.qrels,
+            "top_ranked": None,
+        }
+        self.dataset = {"default": {split: split_data}}
         self.data_loaded = True

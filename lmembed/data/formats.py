@@ -294,23 +294,26 @@ _BY_SUFFIX = {
 }
 
 
-def open_sources(spec: str | Path) -> list[Source]:
-    """The tables of one ``--data`` item: a file, a folder of files, or a hub dataset id."""
+def open_sources(spec: str | Path) -> Iterator[Source]:
+    """The tables of one ``--data`` item: a file, a folder of files (opened one at a time,
+    in name order), or a hub dataset id."""
     if looks_like_hub_id(spec):
-        return [HubTable(str(spec))]
+        yield HubTable(str(spec))
+        return
     path = Path(spec)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and _kind(p) is not None)
         if not files:
             raise DataError(path, "folder holds no data files", hint=f"add {', '.join(SUFFIXES)}")
-        return [open_file(p) for p in files]
+        yield from (open_file(p) for p in files)
+        return
     if not path.is_file():
         raise DataError(
             path,
             "file not found",
             hint=f"check the path, or give a hub dataset id such as {HUB_NLI.path}",
         )
-    return [open_file(path)]
+    yield open_file(path)
 
 
 def open_file(path: Path) -> Source:

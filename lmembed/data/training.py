@@ -247,8 +247,6 @@ def index_dataset(
         layout = resolve_layout(source.columns, mapping, source.name, source.unit)
         positions = array("q")
         for line, record, position in source.scan(layout.columns):
-            if limit is not None and len(anchor_keys) >= limit:
-                break
             if record is None:
                 blank += 1
                 continue
@@ -269,7 +267,11 @@ def index_dataset(
             positions.append(position)
             anchor_keys.append(zlib.crc32(example.anchor.encode("utf-8")))
             positive_keys.append(zlib.crc32(example.positive.encode("utf-8")))
+            if limit is not None and len(anchor_keys) >= limit:
+                break
         parts.append(_Part(source, layout, np.frombuffer(positions, dtype=np.int64)))
+        if limit is not None and len(anchor_keys) >= limit:
+            break
     if not anchor_keys:
         raise DataError(spec, "no data rows", hint="expected a header row and one example per row")
     available = fewest[0] if fewest else 0

@@ -222,3 +222,13 @@ def test_options_build_from_flat_values(tmp_path: Path) -> None:
     assert names == ["data", "columns", "mixing", "negatives_per_anchor", "dedupe", "limit"]
     options = build(DataOptions, {"data": "a.csv", "negatives-per-anchor": 2}, "train.yaml")
     assert options.data == ["a.csv"] and options.negatives_per_anchor == 2
+
+
+def test_limit_stops_before_later_rows_and_files(tmp_path: Path) -> None:
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"anchor": "a", "positive": "b"}\n{"anchor": \n')
+    (folder / "b.jsonl").write_text("not json\n")
+    assert len(_load(folder, limit=1)) == 1
+    with pytest.raises(DataError, match="a.jsonl, line 2: not valid JSON"):
+        _load(folder)

@@ -68,6 +68,9 @@ class DataOptions:
         if isinstance(self.data, str):
             self.data = [self.data]
         self.data = [str(item) for item in self.data]
+        if isinstance(self.columns, dict):  # YAML may give the mapping as a mapping
+            pairs = self.columns.items()
+            self.columns = ",".join(f"{role}={column or ''}" for role, column in pairs)
         parse_columns(self.columns)
         parse_mixing(self.mixing)
         if self.limit is not None and self.limit < 1:

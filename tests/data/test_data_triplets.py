@@ -21,6 +21,12 @@ ROWS = [
 HEADER = "sent0,sent1,hard_neg\n"
 
 
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gzipped files are decompressed into the cache: keep it in the test's folder."""
+    monkeypatch.setenv("LMEMBED_CACHE", str(tmp_path / "cache"))
+
+
 @pytest.fixture(scope="module")
 def shared_data_dir() -> Path:
     return find_shared_data()

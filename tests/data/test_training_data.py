@@ -56,6 +56,12 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gzipped files are decompressed into the cache: keep it in the test's folder."""
+    monkeypatch.setenv("LMEMBED_CACHE", str(tmp_path / "cache"))
+
+
 def _load(*data: Path | str, **options) -> TrainingData:
     return load_training_data(DataOptions(data=[str(d) for d in data], **options))
 
@@ -222,6 +228,8 @@ def test_options_build_from_flat_values(tmp_path: Path) -> None:
     assert names == ["data", "columns", "mixing", "negatives_per_anchor", "dedupe", "limit"]
     options = build(DataOptions, {"data": "a.csv", "negatives-per-anchor": 2}, "train.yaml")
     assert options.data == ["a.csv"] and options.negatives_per_anchor == 2
+    yaml_mapping = {"anchor": "question", "positive": "answer", "negatives": None}
+    assert DataOptions(columns=yaml_mapping).columns == "anchor=question,positive=answer,negatives="
 
 
 def test_limit_stops_before_later_rows_and_files(tmp_path: Path) -> None:

@@ -271,7 +271,8 @@ def encode_corpus(embedder: Any, options: EncodeCorpusOptions) -> Path:
     if out.suffix == ".npy":
         raise ValueError(f"{out}: encode_corpus writes a folder; .npy output is one array")
     dims = options.dims or embedder.dimension
-    truncate(np.zeros((1, embedder.dimension), dtype=np.float32), dims)  # checks dims
+    if dims > embedder.dimension:
+        raise ValueError(f"dims {dims} exceed the embedding size {embedder.dimension}")
     with process_group() as ctx:
         if ctx.device != getattr(embedder, "device", ctx.device):
             embedder.to(ctx.device)
@@ -292,7 +293,8 @@ def _run_config(embedder: Any, options: EncodeCorpusOptions) -> dict[str, Any]:
     for key in ("output", "batch_size"):
         config.pop(key)
     config["input"] = str(Path(options.input).resolve())
-    return {"options": config, "spec": embedder.spec.to_dict()}
+    files = {str(f): f.stat().st_size for f in input_files(options.input)}
+    return {"options": config, "spec": embedder.spec.to_dict(), "input_bytes": files}
 
 
 def _start(embedder: Any, options: EncodeCorpusOptions, out: Path, ctx: Distributed) -> None:
@@ -313,10 +315,14 @@ def _start(embedder: Any, options: EncodeCorpusOptions, out: Path, ctx: Distribu
 
 
 def _differences(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
-    flat_saved = {**saved["options"], **{f"spec.{k}": v for k, v in saved["spec"].items()}}
-    flat_now = {**config["options"], **{f"spec.{k}": v for k, v in config["spec"].items()}}
-    return sorted(k for k in flat_now.keys() | flat_saved.keys()
-                  if flat_saved.get(k) != flat_now.get(k))  # fmt: skip
+    """Names of the settings that differ (``spec.*`` for the embedding, ``input files``)."""
+
+    def flat(run: dict[str, Any]) -> dict[str, Any]:
+        spec = {f"spec.{k}": v for k, v in run["spec"].items()}
+        return {**run["options"], **spec, "input files": run.get("input_bytes")}
+
+    old, new = flat(saved), flat(config)
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 
 
 def _shared_ranges(

@@ -166,6 +166,11 @@ def test_resume_with_other_settings_is_refused(embedder, tmp_path):
     encode_corpus(embedder, _options(source, tmp_path / "out"))
     with pytest.raises(ValueError, match="other settings .*dims.*precision"):
         encode_corpus(embedder, _options(source, tmp_path / "out", dims=8, precision="int8"))
+    write_txt(source, corpus_texts(12))  # the input grew: its shards would not line up
+    with pytest.raises(ValueError, match=r"other settings \(input files\)"):
+        encode_corpus(embedder, _options(source, tmp_path / "out"))
+    with pytest.raises(ValueError, match="exceed the embedding size 32"):
+        encode_corpus(embedder, _options(source, tmp_path / "other", dims=64))
 
 
 @pytest.mark.slow

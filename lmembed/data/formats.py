@@ -67,6 +67,11 @@ class _TextSource(Source):
         check_not_blank(path, expected=self.expected)
         self.file = ungzipped(path, cache_root() / "data") if path.name.endswith(".gz") else path
         check_not_blank(self.file, expected=self.expected)
+        self._stamp = self._stat()
+
+    def _stat(self) -> tuple[int, int]:
+        stat = self.file.stat()
+        return stat.st_size, stat.st_mtime_ns
 
     def _lines(self, handle: BinaryIO, first: int) -> Iterator[tuple[int, int, str]]:
         """(line number, byte offset after the line, text) from the handle's position on."""
@@ -78,6 +83,12 @@ class _TextSource(Source):
             offset += len(raw)
 
     def fetch(self, positions: Sequence[int], columns: Sequence[str]) -> list[Mapping[str, Any]]:
+        if self._stat() != self._stamp:
+            raise DataError(
+                self.name,
+                "file changed after it was indexed (rows are read by byte offset)",
+                hint="restore the file, or restart training to index it again",
+            )
         with self.file.open("rb") as handle:
             return [self._read_at(handle, position) for position in positions]
 

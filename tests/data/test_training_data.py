@@ -240,3 +240,12 @@ def test_limit_stops_before_later_rows_and_files(tmp_path: Path) -> None:
     assert len(_load(folder, limit=1)) == 1
     with pytest.raises(DataError, match="a.jsonl, line 2: not valid JSON"):
         _load(folder)
+
+
+def test_file_edited_during_training_is_an_error(tmp_path: Path) -> None:
+    path = _csv(tmp_path / "c.csv", ["sent0", "sent1"], ["q", "a"])
+    data = _load(path)
+    with path.open("a") as handle:
+        handle.write("late,row\n")
+    with pytest.raises(DataError, match="file changed after it was indexed"):
+        data.batch(0, 4, seed=0)

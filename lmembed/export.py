@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil
@@ -82,6 +81,7 @@ def _copy_adapter(adapter: str | Path | None, model: str | None, output: Path) -
             "--format adapter needs --adapter DIR (a folder written by lmembed train)"
         )
     source = Path(adapter)
+    spec = EmbeddingSpec.load(source)
     files = [source / name for name in ADAPTER_FILES if (source / name).is_file()]
     if not any(f.name.startswith("adapter_model") for f in files):
         raise ExportError(f"{source} has no adapter_model.safetensors: not a trained adapter")
@@ -89,14 +89,14 @@ def _copy_adapter(adapter: str | Path | None, model: str | None, output: Path) -
         for path in files:
             shutil.copy2(path, tmp / path.name)
         if model is not None:
-            dataclasses.replace(EmbeddingSpec.load(source), model=model).save(tmp)
+            spec.replace(model=model).save(tmp)
     return output
 
 
 def _write_merged(embedder: Embedder, output: Path) -> Path:
     """Transformers folder + the spec; the spec's ``model`` is the folder itself."""
     source = {"model": embedder.spec.model, "adapter": embedder.spec.adapter}
-    spec = dataclasses.replace(embedder.spec, model=str(output.resolve()), adapter=None)
+    spec = embedder.spec.replace(model=str(output.resolve()), adapter=None)
     with atomic_directory(output) as tmp:
         embedder.model.save_pretrained(tmp)
         embedder.tokenizer.save_pretrained(tmp)

@@ -25,6 +25,10 @@ from lmembed.io import atomic_write_json, cache_root
 
 logger = logging.getLogger(__name__)
 
+# What a result records of the embedding function: fixed keys (the JSON shape other tools
+# read), plus the asymmetric prompts when they are set.
+RESULT_SPEC_KEYS = ("model", "adapter", "prompt", "pooling", "max_length", "dtype")
+OPTIONAL_SPEC_KEYS = ("query_prompt", "document_prompt")
 # Bump when scoring changes, so cached scores from older code are not reused.
 SCORER_VERSION = 1
 
@@ -170,7 +174,7 @@ def evaluate(
     model (no adapter); ``True``/``False`` force it.
     """
     started = time.perf_counter()
-    spec = encoder.spec.to_dict()
+    spec = result_spec(encoder.spec.to_dict())
     use_cache = spec.get("adapter") is None if cache is None else cache
     root = resolve_data_dir(data_dir)
     names = resolve_tasks(tasks)
@@ -188,6 +192,13 @@ def evaluate(
         scores[name] = score
         bar.set_postfix({name: f"{score.spearman:.2f}"})
     return STSResult(spec, scores, _version(), round(time.perf_counter() - started, 3))
+
+
+def result_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The part of an embedding spec that results record (``RESULT_SPEC_KEYS`` + set prompts)."""
+    recorded = {key: spec.get(key) for key in RESULT_SPEC_KEYS}
+    recorded.update({k: spec[k] for k in OPTIONAL_SPEC_KEYS if spec.get(k) is not None})
+    return recorded
 
 
 def save_results(result: STSResult, path: str | Path) -> Path:

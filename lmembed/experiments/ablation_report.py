@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from lmembed.data import ALL_TASKS
+from lmembed.evaluation.sts import STSResult
 from lmembed.experiments.sweep import MANAGED, Sweep, embedding_key, read_record, show_value
 from lmembed.io import atomic_write_bytes, atomic_write_text
 from lmembed.system import machine_summary
@@ -53,8 +54,7 @@ class _Row:
 def _score(record: dict[str, Any] | None, task: str | None) -> float | None:
     if not record or record.get("status") != "ok":
         return None
-    result = record["eval"]
-    return result["average"]["spearman"] if task is None else result["tasks"][task]["spearman"]
+    return STSResult.from_dict(record["eval"]).score(task or "average")
 
 
 def _rows(sweep: Sweep) -> tuple[list[_Row], list[_Row]]:
@@ -78,7 +78,7 @@ def _rows(sweep: Sweep) -> tuple[list[_Row], list[_Row]]:
                 setting.study,
                 setting.name,
                 setting.folder,
-                {k: getattr(config, k) for k in sweep.varied},
+                {k: config.to_dict()[k] for k in sweep.varied},
                 tuple(setting.overrides),
                 key,
                 read_record(path),
@@ -89,7 +89,8 @@ def _rows(sweep: Sweep) -> tuple[list[_Row], list[_Row]]:
 
 
 def _embedding_name(sweep: Sweep, embedding: dict[str, Any]) -> str:
-    changed = [f"{k}={show_value(v)}" for k, v in embedding.items() if getattr(sweep.base, k) != v]
+    base = sweep.base.to_dict()
+    changed = [f"{k}={show_value(v)}" for k, v in embedding.items() if base.get(k) != v]
     return "base model" + (f" ({', '.join(changed)})" if changed else "")
 
 
@@ -148,7 +149,7 @@ def _report(sweep: Sweep, base_rows: list[_Row], run_rows: list[_Row], command: 
     records = [r.record for r in base_rows + list(unique.values()) if r.record]
     done = [r for r in unique.values() if r.record]
     lines = [
-        f"# Ablation: {Path(sweep.source).name} on `{sweep.base.model}`",
+        f"# Ablation: {Path(sweep.source).name} on `{sweep.base.embedding.model}`",
         "",
         *([sweep.note.strip(), ""] if sweep.note else []),
         f"- **command**: `{command}`",
@@ -252,8 +253,8 @@ def _setting_text(sweep: Sweep) -> str:
     base = sweep.base
     length = f"{base.steps} steps" if base.epochs is None else f"{base.epochs} epochs"
     text = (
-        f"{length} x {base.batch_size} triplets from `{base.data}`, lr {base.lr:g}, "
-        f"{base.dtype}; tasks: {', '.join(sweep.tasks)} ({len(sweep.tasks)} of the "
+        f"{length} x {base.batch_size} triplets from `{', '.join(base.data)}`, lr "
+        f"{base.lr:g}, {base.embedding.dtype}; tasks: {', '.join(sweep.tasks)} ({len(sweep.tasks)} of the "
         f"{len(ALL_TASKS)} paper tasks)"
     )
     reduced = (

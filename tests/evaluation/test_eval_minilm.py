@@ -66,7 +66,9 @@ def test_matches_sentence_transformers_evaluator(
 @pytest.mark.slow
 def test_reproduces_mteb_minilm(minilm, shared_data_dir: Path) -> None:
     started = time.perf_counter()
-    result = evaluate(minilm, "all", shared_data_dir, batch_size=64, progress=False, cache=False)
+    result = evaluate(
+        minilm, "all", shared_data_dir, batch_size=64, progress=False, cache=False
+    ).to_dict()
     elapsed = time.perf_counter() - started
     spearman = {name: round(score["spearman"], 2) for name, score in result["tasks"].items()}
     print(f"\nall-MiniLM-L6-v2 Spearman x100: {spearman}")

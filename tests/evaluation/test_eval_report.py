@@ -2,17 +2,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmembed.evaluation import write_report
+from lmembed.evaluation import STSResult, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _result(model: str, scores: dict[str, float], adapter: str | None = None) -> dict:
+def _result(model: str, scores: dict[str, float], adapter: str | None = None) -> STSResult:
     tasks = {n: {"spearman": s, "pearson": s, "pairs": 100} for n, s in scores.items()}
     mean = sum(scores.values()) / len(scores)
-    return {"model": model, "adapter": adapter, "prompt": None, "pooling": "mean",
-            "max_length": 128, "dtype": "float32", "tasks": tasks,
-            "average": {"spearman": mean, "pearson": mean}}  # fmt: skip
+    return STSResult.from_dict(
+        {"model": model, "adapter": adapter, "prompt": None, "pooling": "mean",
+         "max_length": 128, "dtype": "float32", "tasks": tasks,
+         "average": {"spearman": mean, "pearson": mean}}
+    )  # fmt: skip
 
 
 def test_write_report(tmp_path: Path) -> None:

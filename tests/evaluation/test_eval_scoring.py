@@ -11,6 +11,7 @@ from scipy.stats import pearsonr, spearmanr
 
 from lmembed.data.sts import STSTask
 from lmembed.evaluation import (
+    STSResult,
     compare,
     evaluate,
     load_results,
@@ -96,7 +97,8 @@ def _data_dir(tmp_path: Path) -> Path:
 
 def test_evaluate_result_shape(tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.ERROR):  # row counts differ from the canonical ones
-        result = evaluate(HashEncoder(), "stsb,biosses", _data_dir(tmp_path), progress=False)
+        scored = evaluate(HashEncoder(), "stsb,biosses", _data_dir(tmp_path), progress=False)
+    result = scored.to_dict()
     assert list(result) == [
         "model", "adapter", "prompt", "pooling", "max_length", "dtype",
         "tasks", "average", "lmembed_version", "elapsed_s",
@@ -108,8 +110,8 @@ def test_evaluate_result_shape(tmp_path: Path, caplog) -> None:
     assert result["average"]["spearman"] == pytest.approx(mean)
     assert json.loads(json.dumps(result)) == result
 
-    path = save_results(result, tmp_path / "out" / "result.json")
-    assert load_results(path) == result
+    path = save_results(STSResult.from_dict(result), tmp_path / "out" / "result.json")
+    assert load_results(path).to_dict() == result
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="bad.json: not an lmembed STS result"):
         load_results(tmp_path / "bad.json")
@@ -118,9 +120,10 @@ def test_evaluate_result_shape(tmp_path: Path, caplog) -> None:
 def test_base_model_scores_are_cached(tmp_path: Path) -> None:
     data_dir = _data_dir(tmp_path)
     first = HashEncoder()
-    result = evaluate(first, "stsb,biosses", data_dir, progress=False)
+    result = evaluate(first, "stsb,biosses", data_dir, progress=False).to_dict()
     again = HashEncoder()
-    assert evaluate(again, "biosses,stsb", data_dir, progress=False)["tasks"] == result["tasks"]
+    again_result = evaluate(again, "biosses,stsb", data_dir, progress=False).to_dict()
+    assert again_result["tasks"] == result["tasks"]
     assert again.calls == []
 
     (data_dir / "sts/biosses.tsv").write_text("sentence1\tsentence2\tscore\na\tb\t1\nc\td\t2\n")
@@ -146,12 +149,12 @@ def test_adapters_are_not_cached_unless_asked(tmp_path: Path) -> None:
     assert cached.calls == []
 
 
-def _result(model: str, scores: dict[str, float], adapter: str | None = None) -> dict:
-    return {
+def _result(model: str, scores: dict[str, float], adapter: str | None = None) -> STSResult:
+    return STSResult.from_dict({
         "model": model, "adapter": adapter, "prompt": None, "pooling": "mean",
         "tasks": {n: {"spearman": s, "pearson": s - 1, "pairs": 10} for n, s in scores.items()},
         "average": {"spearman": float(np.mean(list(scores.values()))), "pearson": 0.0},
-    }  # fmt: skip
+    })  # fmt: skip
 
 
 def test_compare_and_markdown() -> None:

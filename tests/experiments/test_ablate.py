@@ -292,7 +292,9 @@ def test_cli_reports_an_unknown_option_without_a_traceback(tmp_path, capsys, sts
 
 def test_a_seed_only_study_reports_its_spread():
     def row(seed: int, average: float | None) -> ablation_report._Row:
-        record = {"status": "ok", "eval": {"average": {"spearman": average}}}
+        task = {"spearman": average, "pearson": average, "pairs": 10}
+        scores = {"tasks": {"stsb": task}, "average": {"spearman": average}}
+        record = {"status": "ok", "eval": scores}
         return ablation_report._Row(
             "seed", f"seed={seed}", f"seed={seed}", {"seed": seed}, ("seed",), "{}",
             record if average is not None else None,

@@ -99,7 +99,7 @@ def test_truncated_case_really_truncates(tmp_path, adapters, sentences):
     options = CASES["llama-suffix-truncated"]
     adapter = adapters("llama-suffix-truncated")
     embedder = Embedder.from_pretrained(adapter=adapter, dtype="fp32")
-    untruncated = embedder.tokenizer(embedder.format(sentences))["input_ids"]
+    untruncated = embedder.tokenizer(embedder.apply_prompt(sentences))["input_ids"]
     assert sum(len(ids) + 1 > options["max_length"] for ids in untruncated) >= 25
     out = export(tmp_path / "st", adapter=adapter, dtype="fp32")
     tokenizer = AutoTokenizer.from_pretrained(out)

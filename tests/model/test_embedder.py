@@ -55,7 +55,7 @@ def test_truncation_keeps_eos(tiny_llama):
 def test_prompt_template_is_applied(tiny_llama):
     plain = _embedder(tiny_llama)
     prompted = _embedder(tiny_llama, prompt="{s} is: ")
-    assert prompted.format(["dog"]) == ["dog is: "]
+    assert prompted.apply_prompt(["dog"]) == ["dog is: "]
     assert not np.allclose(plain.encode(["dog"]), prompted.encode(["dog"]))
 
 

@@ -99,7 +99,7 @@ def score(embedder, tasks: str, cache: bool) -> dict:
     from lmembed import evaluate
 
     result = evaluate(embedder, tasks, data_dir(), progress=False, cache=cache)
-    return {name: round(values["spearman"], 2) for name, values in result["tasks"].items()}
+    return {name: round(score.spearman, 2) for name, score in result.tasks.items()}
 
 
 def main() -> None:

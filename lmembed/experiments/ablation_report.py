@@ -254,8 +254,8 @@ def _setting_text(sweep: Sweep) -> str:
     length = f"{base.steps} steps" if base.epochs is None else f"{base.epochs} epochs"
     text = (
         f"{length} x {base.batch_size} triplets from `{', '.join(base.data)}`, lr "
-        f"{base.lr:g}, {base.embedding.dtype}; tasks: {', '.join(sweep.tasks)} ({len(sweep.tasks)} of the "
-        f"{len(ALL_TASKS)} paper tasks)"
+        f"{base.lr:g}, {base.embedding.dtype}; tasks: {', '.join(sweep.tasks)} "
+        f"({len(sweep.tasks)} of the {len(ALL_TASKS)} paper tasks)"
     )
     reduced = (
         base.epochs is None and (base.steps or 0) * base.batch_size < PAPER_STEPS * PAPER_BATCH

@@ -72,7 +72,9 @@ def one_step(model, data_path, ctx: Distributed, indices, mini_batch_size):
     process draws for the same rows inside a batch of 8, so with dropout the two
     runs would compute different (equally valid) losses.
     """
-    config = TrainConfig.from_flat(model=str(model), output="unused", dtype="fp32", lora_dropout=0.0)
+    config = TrainConfig.from_flat(
+        model=str(model), output="unused", dtype="fp32", lora_dropout=0.0
+    )
     seed_everything(0)
     embedder = build_embedder(config).train()
     generator = torch.Generator().manual_seed(1)
@@ -154,7 +156,7 @@ def test_kill_and_torchrun_resume_equals_uninterrupted_run(two_process_runs, tin
 
     config = _run_config(tiny_llama, data_path, root / "resumed")
     flags = [
-        f"--{key.replace('_', '-')}={value}"
+        f"--{key.replace('_', '-')}={value[0] if isinstance(value, list) else value}"
         for key, value in config.to_dict().items()
         if key in ("model", "data", "output", "steps", "batch_size", "lr", "warmup", "dtype",
                    "save_every", "seed")

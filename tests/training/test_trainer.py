@@ -12,8 +12,8 @@ from lmembed.model.loading import load_backbone
 from lmembed.model.lora import LoraOptions, attach_lora
 from lmembed.training import trainer as trainer_module
 from lmembed.training.config import TrainConfig, config_from_dict, load_config
-from lmembed.training.sampler import batch_indices
 from lmembed.training.run_dir import read_metrics
+from lmembed.training.sampler import batch_indices
 from lmembed.training.trainer import NonFiniteLossError, build_embedder, train
 
 

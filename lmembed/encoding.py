@@ -227,14 +227,17 @@ def _shard_files(
 
 def write_shard(
     folder: Path, index: int, first_row: int, ids: list[Any], codes: np.ndarray,
-    shard_format: ShardFormat,
+    shard_format: ShardFormat, rank: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
-    """Data files first, then the entry that marks the shard finished; returns the entry."""
+    """Data files first, then the entry that marks the shard finished; returns the entry.
+
+    ``rank`` (who encoded it) is recorded for the record; it never changes the data.
+    """
     name = shard_name(index)
     files = _shard_files(ids, codes, shard_format, name)
     for file, data in files.items():
         atomic_write_bytes(folder / file, data)
-    entry = {"index": index, "first_row": first_row, "rows": len(ids),
+    entry = {"index": index, "first_row": first_row, "rows": len(ids), "rank": rank,
              "files": {file: _sha256(data) for file, data in files.items()}}  # fmt: skip
     _write_entry(folder / f"{name}.json", entry)
     return entry
@@ -369,7 +372,7 @@ def _encode_my_shards(
             continue
         ids, texts = zip(*rows, strict=True)
         codes = encode_shard(embedder, list(texts), options, ranges)
-        write_shard(out, index, first_row, list(ids), codes, options.shard_format)
+        write_shard(out, index, first_row, list(ids), codes, options.shard_format, ctx.rank)
         encoded += 1
         logger.info("shard %d written (%d rows)", index, len(ids))
     if total == 0:

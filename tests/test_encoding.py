@@ -183,10 +183,16 @@ def test_two_processes_write_the_single_process_shards(embedder, tiny_llama, tmp
     double = _options(source, tmp_path / "double", precision="int8", calibration_size=16)
     done = _run_driver(tiny_llama, double, torchrun=torchrun)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert _shard_bytes(tmp_path / "double") == _shard_bytes(tmp_path / "single")
-    assert read_manifest(tmp_path / "double")["shards"] == read_manifest(tmp_path / "single")[
-        "shards"
-    ]
+    assert_same_shards(tmp_path / "double", tmp_path / "single", ranks=[0, 1, 0, 1, 0, 1])
+
+
+def assert_same_shards(folder: Path, reference: Path, ranks: list[int]) -> None:
+    """Byte-identical shards and entries, each encoded by the expected rank."""
+    assert _shard_bytes(folder) == _shard_bytes(reference)
+    shards, expected = read_manifest(folder)["shards"], read_manifest(reference)["shards"]
+    assert [s.pop("rank") for s in shards] == ranks
+    assert [s.pop("rank") for s in expected] == [0] * len(ranks)
+    assert shards == expected
 
 
 def test_bad_input_names_file_line_and_field(tmp_path):

@@ -1,25 +1,35 @@
-"""Embeddings server: requests/s and latency with and without dynamic micro-batching.
+"""Embeddings server: throughput with and without micro-batching, and a mixed-input load test.
 
-Two ``lmembed serve`` processes load the same model, one with micro-batching (5 ms
-window) and one with ``--no-batching`` (one ``encode`` call per request). Each round
-sends the same requests (one STSb sentence each, as an online client would) from 16
-concurrent client threads over loopback HTTP; rounds alternate between the servers
-(the order rotates every repeat) after a warm-up round each. Values are medians over
-repeats; ratios are taken per repeat and summarised as median (min-max).
+``--mode throughput``: two ``lmembed serve`` processes load the same model, one with
+micro-batching (5 ms window) and one with ``--no-batching`` (one ``encode`` call per
+request). Each round sends the same requests (one STSb sentence each, as an online
+client would) from 16 concurrent client threads over loopback HTTP; rounds alternate
+between the servers (the order rotates every repeat) after a warm-up round each.
+Values are medians over repeats; ratios are taken per repeat and summarised as median (min-max).
 
-    flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_server.py
+``--mode load``: one ``lmembed serve`` (API key required) gets ``--load-requests``
+requests from 16 threads, ``--bad-fraction`` of them bad (lone surrogates, empty lists,
+oversize texts, wrong types, an unknown ``input_type``) or edge cases (empty strings);
+the good ones have 1-3 STSb sentences and a random ``input_type``. It fails (exit 1)
+on any 5xx, any unexpected status, or any vector that differs from ``Embedder.encode``
+(normalised) in this process (``lmembed.serving.loadtest``).
 
-writes ``bench/results/server.json`` and the "Embeddings server" section of
-``docs/benchmarks.md``.
+    flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_server.py [--mode load]
+
+writes ``bench/results/server.json`` (throughput), ``bench/results/server_load.json``
+(load) and the "Embeddings server" section of ``docs/benchmarks.md`` from both.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +37,7 @@ from contextlib import ExitStack, contextmanager
 
 import httpx
 from common import (
+    RESULTS,
     alternating,
     data_dir,
     environment,
@@ -41,6 +52,7 @@ from common import (
 
 HEADING = "Embeddings server"
 SYSTEMS = {"micro-batching": [], "one call per request": ["--no-batching"]}
+LOAD_KEY = "bench-load-key"
 
 
 def sentences(count: int) -> list[str]:
@@ -51,25 +63,29 @@ def sentences(count: int) -> list[str]:
 
 
 @contextmanager
-def server(model: str, dtype: str, window_ms: float, extra: list[str]):
-    """``lmembed serve`` in a child process on a free port; yields its base URL."""
+def server(model: str, dtype: str, window_ms: float, extra: list[str], api_key: str = ""):
+    """``lmembed serve`` in a child process on a free port (``api_key``: the only key it
+    accepts, via ``$LMEMBED_API_KEY``); yields its base URL."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     command = [sys.executable, "-m", "lmembed", "serve", "--model", model, "--dtype", dtype,
                "--port", str(port), "--batch-window-ms", str(window_ms), *extra]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while not _healthy(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"server did not start: {process.stderr.read().decode()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(30)
+    env = {**os.environ, "LMEMBED_API_KEY": api_key}
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe nobody reads while it runs
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 300
+            while not _healthy(url):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    sys.exit(f"server did not start: {log.read().decode()[-3000:]}")
+                time.sleep(0.5)
+            yield url
+        finally:
+            process.terminate()
+            process.wait(30)
 
 
 def _healthy(url: str) -> bool:
@@ -108,13 +124,27 @@ def run_round(url: str, texts: list[str], concurrency: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", default="both", choices=("throughput", "load", "both"))
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--window-ms", type=float, default=5.0)
+    parser.add_argument("--load-requests", type=int, default=500)
+    parser.add_argument("--bad-fraction", type=float, default=0.1)
     args = parser.parse_args()
+    failed = False
+    if args.mode in ("throughput", "both"):
+        throughput(args)
+    if args.mode in ("load", "both"):
+        failed = not load(args)
+    write_section()
+    if failed:
+        sys.exit("load test failed: see the problems above and bench/results/server_load.json")
+
+
+def throughput(args: argparse.Namespace) -> None:
     texts = sentences(args.requests)
     runs: dict[str, list[dict]] = {name: [] for name in SYSTEMS}
     with ExitStack() as stack:
@@ -128,11 +158,6 @@ def main() -> None:
             for name in alternating(list(SYSTEMS), repeat):
                 runs[name].append(run_round(urls[name], texts, args.concurrency))
                 print(name, {k: round(v, 2) for k, v in runs[name][-1].items()}, flush=True)
-    report(args, runs)
-
-
-def report(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
-    env = environment()
     summary = {
         name: {key: spread([r[key] for r in rounds]) for key in rounds[0]}
         for name, rounds in runs.items()
@@ -148,22 +173,79 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
         "p50_speedup": ratio("p50_ms", invert=True),
         "p99_speedup": ratio("p99_ms", invert=True),
     }
-    save_result("server", {"env": env, "params": vars(args), "runs": runs,
+    params = {k: v for k, v in vars(args).items() if k not in ("load_requests", "bad_fraction")}
+    save_result("server", {"env": environment(), "params": params, "runs": runs,
                            "summary": summary, "ratios": ratios})  # fmt: skip
+
+
+def load(args: argparse.Namespace) -> bool:
+    """The mixed-input load test; True when every answer was as expected."""
+    from lmembed import Embedder
+    from lmembed.serving import ServerConfig
+    from lmembed.serving.loadtest import (
+        check_load,
+        encode_reference,
+        make_requests,
+        run_load,
+        summarize,
+    )
+
+    pool = sentences(args.requests)
+    max_chars = ServerConfig().max_chars  # the server runs with the default limits
+    requests = make_requests(pool, args.load_requests, args.bad_fraction, max_chars, seed=0)
+    with server(args.model, args.dtype, args.window_ms, [], api_key=LOAD_KEY) as url:
+        warm = [r for r in requests if r.kind == "good"][: 2 * args.concurrency]
+        run_load(url, warm, args.concurrency, api_key=LOAD_KEY)
+        outcomes, wall_s = run_load(url, requests, args.concurrency, api_key=LOAD_KEY)
+        health = httpx.get(f"{url}/health").json()
+    # The reference model loads after the server has gone: the two never share the cores.
+    embedder = Embedder.from_pretrained(args.model, dtype=args.dtype)
+    problems = check_load(outcomes, encode_reference(embedder, requests))
+    summary = summarize(outcomes, wall_s)
+    summary["texts_per_encode_call"] = health["inputs"] / max(health["encode_calls"], 1)
+    params = {k: getattr(args, k) for k in ("model", "dtype", "concurrency", "window_ms",
+                                            "load_requests", "bad_fraction")}  # fmt: skip
+    save_result("server_load", {"env": environment(), "params": params, "summary": summary,
+                                "problems": problems})  # fmt: skip
+    print(json.dumps(summary, indent=1))
+    for problem in problems[:20]:
+        print("PROBLEM", problem)
+    return not problems and summary["server_errors"] == 0
+
+
+def _saved(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_section() -> None:
+    """The "Embeddings server" section from both saved results (either may be missing)."""
+    parts = []
+    if (result := _saved("server")) is not None:
+        parts.append(throughput_markdown(result))
+    if (result := _saved("server_load")) is not None:
+        parts.append(load_markdown(result))
+    body = "\n\n".join(parts)
+    replace_section(HEADING, body)
+    print(body)
+
+
+def throughput_markdown(result: dict) -> str:
+    p, summary, ratios = result["params"], result["summary"], result["ratios"]
     rows = [
         [name, f"{s['requests_per_s']['median']:.1f}", f"{s['p50_ms']['median']:.0f}",
          f"{s['p99_ms']['median']:.0f}", f"{s['texts_per_encode_call']['median']:.1f}"]
         for name, s in summary.items()
     ]  # fmt: skip
-    body = "\n\n".join(
+    return "\n\n".join(
         [
-            environment_block(env, target="make bench-all"),
-            f"`lmembed serve --model {args.model} --dtype {args.dtype}` with a "
-            f"{args.window_ms:g} ms micro-batch window vs `--no-batching` (one `encode` call "
+            environment_block(result["env"], target="make bench-all"),
+            f"`lmembed serve --model {p['model']} --dtype {p['dtype']}` with a "
+            f"{p['window_ms']:g} ms micro-batch window vs `--no-batching` (one `encode` call "
             f"per request; both run the model in one worker thread). Each round: "
-            f"{args.requests} requests of one STSb sentence each (base64 output) from "
-            f"{args.concurrency} client threads over loopback HTTP, client and servers on the "
-            f"same cores. {args.repeats} repeats, servers alternating, order rotated each "
+            f"{p['requests']} requests of one STSb sentence each (base64 output) from "
+            f"{p['concurrency']} client threads over loopback HTTP, client and servers on the "
+            f"same cores. {p['repeats']} repeats, servers alternating, order rotated each "
             "repeat, after a warm-up round each; medians over repeats.",
             table(["server", "requests/s", "p50 ms", "p99 ms", "texts per encode call"], rows),
             f"- micro-batching vs one call per request: throughput "
@@ -172,8 +254,44 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
             "median (min-max)).",
         ]
     )
-    replace_section(HEADING, body)
-    print(body)
+
+
+def load_markdown(result: dict) -> str:
+    p, s = result["params"], result["summary"]
+    rows = [[kind, ", ".join(f"{status}: {n}" for status, n in counts.items())]
+            for kind, counts in s["by_kind"].items()]  # fmt: skip
+    verdict = (
+        "**passed**: no 5xx, every status as expected, every good request's vectors equal "
+        "`Embedder.encode` (normalised) in the client process"
+        if not result["problems"] and s["server_errors"] == 0
+        else f"**failed**: {len(result['problems'])} problems (`bench/results/server_load.json`)"
+    )
+    return "\n\n".join(
+        [
+            "### Mixed-input load test",
+            environment_block(result["env"], target="make bench-all"),
+            f"One `lmembed serve --model {p['model']} --dtype {p['dtype']}` ({p['window_ms']:g} "
+            f"ms window, API key required) gets {p['load_requests']} requests from "
+            f"{p['concurrency']} threads over loopback; {p['bad_fraction']:.0%} are bad or edge "
+            "cases (lone surrogates, empty lists, oversize texts, wrong types, an unknown "
+            "`input_type`, empty strings), the rest carry 1-3 STSb sentences with a random "
+            "`input_type` (none, query, document). One round after a warm-up.",
+            table(
+                ["requests/s", "p50 ms", "p99 ms", "texts per encode call", "statuses"],
+                [
+                    [
+                        f"{s['requests_per_s']:.1f}",
+                        f"{s['p50_ms']:.0f}",
+                        f"{s['p99_ms']:.0f}",
+                        f"{s['texts_per_encode_call']:.1f}",
+                        ", ".join(f"{k}: {n}" for k, n in s["statuses"].items()),
+                    ]
+                ],
+            ),
+            table(["request kind", "statuses"], rows),
+            f"- Result: {verdict}.",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -153,18 +153,20 @@ def summarize(outcomes: list[Outcome], wall_s: float) -> dict[str, Any]:
     }
 
 
-def encode_reference(embedder, normalize: bool = True) -> Reference:
-    """``Embedder.encode`` of one request's texts (normalised like the server's), cached."""
+def encode_reference(embedder, requests: list[LoadRequest], normalize: bool = True) -> Reference:
+    """``Embedder.encode`` of the texts of ``requests`` that expect vectors (one call per
+    role, normalised like the server's), as a lookup for ``check_load``."""
     from lmembed.serving.app import unit_rows
 
-    cache: dict[tuple[str, Role | None], np.ndarray] = {}
+    table: dict[tuple[str, Role | None], np.ndarray] = {}
+    wanted = [r for r in requests if r.status == 200]
+    for role in dict.fromkeys(r.role for r in wanted):
+        texts = list(dict.fromkeys(t for r in wanted if r.role == role for t in r.texts))
+        vectors = embedder.encode(texts, role=role, show_progress=False)
+        vectors = unit_rows(vectors) if normalize else vectors
+        table.update({(t, role): v for t, v in zip(texts, vectors, strict=True)})
 
     def reference(texts: list[str], role: Role | None) -> np.ndarray:
-        missing = list(dict.fromkeys(t for t in texts if (t, role) not in cache))
-        if missing:
-            vectors = embedder.encode(missing, role=role, show_progress=False)
-            vectors = unit_rows(vectors) if normalize else vectors
-            cache.update({(t, role): v for t, v in zip(missing, vectors, strict=True)})
-        return np.stack([cache[(t, role)] for t in texts])
+        return np.stack([table[(t, role)] for t in texts])
 
     return reference

@@ -33,7 +33,7 @@ def test_mixed_load_has_no_5xx_and_every_good_answer_is_right(embedder):
     assert sum(r.kind != "good" for r in requests) == 12
     with running(create_app(embedder, config)) as base:
         outcomes, wall_s = run_load(base, requests, concurrency=16, api_key="k")
-    assert check_load(outcomes, encode_reference(embedder)) == []
+    assert check_load(outcomes, encode_reference(embedder, requests)) == []
     summary = summarize(outcomes, wall_s)
     assert summary["server_errors"] == 0 and summary["requests"] == 120
     assert summary["by_kind"]["lone surrogate"] == {400: 2}
@@ -42,8 +42,8 @@ def test_mixed_load_has_no_5xx_and_every_good_answer_is_right(embedder):
 
 def test_check_load_catches_wrong_vectors_and_statuses(embedder):
     """The checker itself: a wrong vector, a 5xx and a wrong 4xx are all reported."""
-    reference = encode_reference(embedder)
     good = LoadRequest("good", {"input": ["a man sits"]}, 200)
+    reference = encode_reference(embedder, [good])
     right = reference(good.texts, None)
     payload = {"data": [{"embedding": right[0].tolist()}]}
     wrong = {"data": [{"embedding": (right[0] * -1).tolist()}]}

@@ -237,6 +237,21 @@ def test_a_broken_model_is_a_500_with_a_body_and_a_log_line(embedder, caplog):
     assert "device lost" in caplog.text and "server fault" in caplog.text
 
 
+def test_a_bug_after_encoding_is_a_500_with_a_body_and_a_log_line(embedder, caplog):
+    """Any unexpected exception in the endpoint (here: rows that are not numbers)."""
+
+    def garbage(texts, role):
+        return np.array([["not a number"]] * len(texts)), [1] * len(texts)
+
+    batcher = MicroBatcher(garbage, CONFIG)
+    app = create_app(embedder, CONFIG, batcher=batcher)
+    with caplog.at_level("ERROR", logger="lmembed"), running(app) as base:
+        response = _post(base, {"input": "a"})
+    assert response.status_code == 500
+    assert response.json()["error"]["type"] == "server_error"
+    assert "internal error answering POST /v1/embeddings" in caplog.text
+
+
 def test_a_worker_crash_answers_500_and_never_hangs(embedder):
     class Fatal(BaseException):
         """Escapes ``except Exception``: the worker thread itself dies."""

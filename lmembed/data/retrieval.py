@@ -78,9 +78,9 @@ def split_tasks(spec: str | Sequence[str]) -> TaskSelection:
 def load_retrieval(
     task: str | Path, data_dir: str | Path | None = None, split: str = "test"
 ) -> RetrievalTask:
-    """A registered task name (read from the data dir) or a BEIR-layout folder."""
+    """A BEIR-layout folder, or a registered task name (read from the data dir)."""
     name = str(task)
-    if name.lower() in RETRIEVAL_TASKS:
+    if name.lower() in RETRIEVAL_TASKS and not _is_beir_folder(Path(task)):
         info = RETRIEVAL_TASKS[name.lower()]
         folder = resolve_data_dir(data_dir) / info.folder
         if not folder.is_dir():

@@ -53,12 +53,62 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+def _fsync_path(path: Path) -> None:
+    """Flush a file's or folder's entry to disk (a folder's after renames inside it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file under ``folder`` and the folders themselves before they are renamed."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            _fsync_path(Path(root) / name)
+        _fsync_path(Path(root))
+
+
+def _previous(path: Path) -> Path:
+    """Where ``atomic_directory`` keeps the replaced folder while the new one moves in."""
+    return path.with_name(f".{path.name}.old")
+
+
+def committed_directory(path: str | Path) -> Path | None:
+    """The complete folder a reader of ``path`` should open, or None if there is none.
+
+    ``path`` itself, or, after a kill between ``atomic_directory``'s two renames,
+    the previous folder it had moved aside (complete: only whole folders are renamed).
+    """
+    path = Path(path)
+    for candidate in (path, _previous(path)):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def remove_partial_writes(path: str | Path) -> None:
+    """Delete temp folders that killed ``atomic_directory`` calls left beside ``path``.
+
+    Only for folders with one writer (a run's checkpoint): another process's
+    write in progress would be deleted too.
+    """
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 @contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield a temp folder next to ``path``; on success it replaces ``path`` whole.
 
-    Used for checkpoints and adapters: readers see the old folder or the new
-    one, never a mix.
+    Used for checkpoints and adapters: readers see the old folder or the new one,
+    never a mix. The new folder is flushed to disk first; then ``path`` moves to
+    ``.NAME.old`` and the new folder to ``path``. A kill between the two renames
+    leaves ``.NAME.old``, which ``committed_directory`` finds, and which is only
+    deleted once the new folder is in place. A failed write (disk full) leaves
+    ``path`` untouched and removes the temp folder.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,12 +116,23 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp, _default_mode(is_dir=True))
     try:
         yield tmp
-        old = path.with_name(f".{path.name}.old")
-        if path.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
+        _fsync_tree(tmp)
+        _swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Rename ``new`` to ``path``, keeping a complete folder on disk at every instant."""
+    # Imported here: lmembed.training's __init__ imports modules that import io.
+    from lmembed.training.faults import fault_point
+
+    old = _previous(path)
+    if path.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+        fault_point("checkpoint_swap")
+    new.rename(path)
+    _fsync_path(path.parent)
+    shutil.rmtree(old, ignore_errors=True)

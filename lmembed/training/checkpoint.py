@@ -4,10 +4,15 @@ The data order is a pure function of (seed, step), so the step number is the
 data position; restoring the RNG states replays dropout exactly. A
 multi-process run stores every rank's RNG states and its world size, and only
 resumes with the same world size (the shards, hence dropout, depend on it).
+
+Once the first checkpoint is written a complete one stays on disk whatever
+instant the process dies at (see ``io.atomic_directory``), and a write that fails
+(disk full) keeps the previous one and stops the run with ``CheckpointWriteError``.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from dataclasses import dataclass
@@ -17,9 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 
-from lmembed.io import atomic_directory, atomic_write_json
+from lmembed.io import atomic_directory, committed_directory, remove_partial_writes
+from lmembed.training.faults import fault_point
 
 STATE_FILE = "trainer_state.json"
 # Options that change what a step computes; resuming with different values would
@@ -35,6 +42,10 @@ RESUME_MUST_MATCH = (
     "epochs",
     "lr",
 )
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the previous one on disk is intact."""
 
 
 def rng_states() -> dict[str, Any]:
@@ -75,25 +86,45 @@ class TrainingState:
         ``rng_per_rank`` holds every rank's ``rng_states()`` (default: this process's).
         """
         rng_per_rank = rng_per_rank or [rng_states()]
-        with atomic_directory(folder) as tmp:
-            tensors = {k: v.contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
-            save_file(tensors, str(tmp / "adapter.safetensors"))
-            torch.save(
-                {
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "rng": rng_per_rank,
-                },
-                tmp / "training.pt",
+        remove_partial_writes(folder)
+        try:
+            with atomic_directory(folder) as tmp:
+                self._write(tmp, step, rng_per_rank)
+        except OSError as error:
+            previous = checkpoint_step(folder)
+            kept = (
+                f"the step-{previous} checkpoint there is intact"
+                if previous is not None
+                else "no earlier checkpoint exists"
             )
-            atomic_write_json(
-                tmp / STATE_FILE,
-                {"step": step, "world_size": len(rng_per_rank), "config": self.config},
-            )
+            raise CheckpointWriteError(
+                error.errno,
+                f"training stopped: could not write the step-{step} checkpoint to {folder} "
+                f"({error.strerror or error}); {kept}. Free disk space, then rerun with --resume",
+            ) from error
+
+    def _write(self, tmp: Path, step: int, rng_per_rank: list[dict[str, Any]]) -> None:
+        """Serialise in memory, then write plain files: a full disk is then an OSError."""
+        tensors = {k: v.contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
+        (tmp / "adapter.safetensors").write_bytes(save_safetensors(tensors))
+        fault_point("checkpoint_write")
+        training = io.BytesIO()
+        torch.save(
+            {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rng_per_rank,
+            },
+            training,
+        )
+        (tmp / "training.pt").write_bytes(training.getvalue())
+        fault_point("checkpoint_write")
+        state = {"step": step, "world_size": len(rng_per_rank), "config": self.config}
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
 
     def load(self, folder: str | Path, rank: int = 0, world_size: int = 1) -> int:
         """Restore a checkpoint into the live objects (RNG: ``rank``'s); return its step."""
-        folder = Path(folder)
+        folder = find_checkpoint(folder)
         state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
         saved_world = state.get("world_size", 1)
         if saved_world != world_size:
@@ -118,5 +149,25 @@ class TrainingState:
         return int(state["step"])
 
 
+def find_checkpoint(folder: str | Path) -> Path:
+    """The complete checkpoint written to ``folder`` (itself, or the copy a kill left aside)."""
+    found = committed_directory(folder)
+    if found is None or not (found / STATE_FILE).is_file():
+        raise FileNotFoundError(f"no checkpoint in {folder}")
+    return found
+
+
 def has_checkpoint(folder: str | Path) -> bool:
-    return (Path(folder) / STATE_FILE).is_file()
+    try:
+        find_checkpoint(folder)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def checkpoint_step(folder: str | Path) -> int | None:
+    """The step of the checkpoint in ``folder``, or None when there is none."""
+    if not has_checkpoint(folder):
+        return None
+    state = json.loads((find_checkpoint(folder) / STATE_FILE).read_text(encoding="utf-8"))
+    return int(state["step"])

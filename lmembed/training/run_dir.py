@@ -13,11 +13,14 @@ Experiments, reports and benchmarks read runs through this module only.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from lmembed.io import atomic_write_text
 from lmembed.training.checkpoint import has_checkpoint
+
+logger = logging.getLogger("lmembed")
 
 
 class RunDir:
@@ -40,6 +43,25 @@ class RunDir:
 
     def has_checkpoint(self) -> bool:
         return has_checkpoint(self.checkpoint)
+
+    def check_fresh_resume(self, first_checkpoint: int) -> None:
+        """``--resume`` found no checkpoint: start at step 0 only if none was due yet.
+
+        The log's step ``first_checkpoint + 1`` is written only after the first
+        checkpoint is complete, so a log past it means the checkpoint is gone:
+        an error, never a silent restart. A new folder, or a run killed before its
+        first checkpoint, starts at step 0 and says so.
+        """
+        logged = max((r["step"] for r in self.metrics()), default=0)
+        if logged > first_checkpoint:
+            raise FileNotFoundError(
+                f"--resume: no checkpoint in {self.checkpoint}, yet {self.log} records step "
+                f"{logged}, past the first checkpoint (step {first_checkpoint}); it was deleted "
+                f"or moved. Restore it, or train from step 0 without --resume"
+            )
+        logger.warning(
+            "--resume: no checkpoint in %s (none was due yet); starting at step 0", self.path
+        )
 
     def write_config(self, options: dict[str, Any]) -> None:
         atomic_write_text(self.config, json.dumps(options, indent=2) + "\n")

@@ -178,7 +178,7 @@ def test_bad_options_and_inputs(tmp_path: Path) -> None:
 def test_mined_file_trains(tiny_llama, tmp_path: Path) -> None:
     from lmembed import Embedder
     from lmembed.data.training import DataOptions, load_training_data
-    from lmembed.data.triplets import Triplets
+    from lmembed.options import build
     from lmembed.training.config import TrainConfig
     from lmembed.training.trainer import train
 
@@ -203,21 +203,8 @@ def test_mined_file_trains(tiny_llama, tmp_path: Path) -> None:
     assert [(e.anchor, e.positive, list(e.negatives)) for e in examples] == [
         (r["query"], r["pos"][0], r["neg"]) for r in _read(mined)
     ]
-    # ...and those examples train (the trainer reads files through load_triplets, SimCSE
-    # columns only, until it switches to load_training_data).
-    config = TrainConfig(
-        embedding=EmbeddingSpec(model=str(tiny_llama), dtype="fp32"),
-        data=[str(mined)],
-        output=str(tmp_path / "run"),
-        steps=2,
-        batch_size=4,
-        warmup=0,
-        save_every=0,
-    )
-    triplets = Triplets(
-        [e.anchor for e in examples],
-        [e.positive for e in examples],
-        [e.negatives[0] for e in examples],
-    )
-    result = train(config, data=triplets)
+    # ...and `lmembed train --data mined.jsonl` trains on it.
+    flat = {"model": str(tiny_llama), "dtype": "fp32", "data": [str(mined)], "steps": 2}
+    flat |= {"output": str(tmp_path / "run"), "batch_size": 4, "warmup": 0, "save_every": 0}
+    result = train(build(TrainConfig, flat))
     assert Path(result.output, "adapter_config.json").is_file()

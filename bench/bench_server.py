@@ -193,6 +193,7 @@ def load(args: argparse.Namespace) -> bool:
     pool = sentences(args.requests)
     max_chars = ServerConfig().max_chars  # the server runs with the default limits
     requests = make_requests(pool, args.load_requests, args.bad_fraction, max_chars, seed=0)
+    load_average = os.getloadavg()[0]  # other work on the cores shows in every figure
     with server(args.model, args.dtype, args.window_ms, [], api_key=LOAD_KEY) as url:
         warm = [r for r in requests if r.kind == "good"][: 2 * args.concurrency]
         run_load(url, warm, args.concurrency, api_key=LOAD_KEY)
@@ -205,7 +206,8 @@ def load(args: argparse.Namespace) -> bool:
     summary["texts_per_encode_call"] = health["inputs"] / max(health["encode_calls"], 1)
     params = {k: getattr(args, k) for k in ("model", "dtype", "concurrency", "window_ms",
                                             "load_requests", "bad_fraction")}  # fmt: skip
-    save_result("server_load", {"env": environment(), "params": params, "summary": summary,
+    env = {**environment(), "load_average_1min": load_average}
+    save_result("server_load", {"env": env, "params": params, "summary": summary,
                                 "problems": problems})  # fmt: skip
     print(json.dumps(summary, indent=1))
     for problem in problems[:20]:
@@ -256,6 +258,12 @@ def throughput_markdown(result: dict) -> str:
     )
 
 
+def _load_note(env: dict) -> str:
+    if "load_average_1min" not in env:
+        return "."
+    return f"; 1-minute load average before the run: {env['load_average_1min']:.1f}."
+
+
 def load_markdown(result: dict) -> str:
     p, s = result["params"], result["summary"]
     rows = [[kind, ", ".join(f"{status}: {n}" for status, n in counts.items())]
@@ -275,7 +283,10 @@ def load_markdown(result: dict) -> str:
             f"{p['concurrency']} threads over loopback; {p['bad_fraction']:.0%} are bad or edge "
             "cases (lone surrogates, empty lists, oversize texts, wrong types, an unknown "
             "`input_type`, empty strings), the rest carry 1-3 STSb sentences with a random "
-            "`input_type` (none, query, document). One round after a warm-up.",
+            "`input_type` (none, query, document). One round after a warm-up. This is a "
+            "correctness check under concurrency; its requests/s are not comparable with the "
+            "table above (several texts and three prompts per request, another run)"
+            + _load_note(result["env"]),
             table(
                 ["requests/s", "p50 ms", "p99 ms", "texts per encode call", "statuses"],
                 [

@@ -31,11 +31,18 @@ class RetrievalInfo:
     folder: str
     queries: int
     documents: int
+    # Keep every judged document and the first others up to this many (a smaller corpus).
+    max_documents: int | None = None
 
 
 RETRIEVAL_TASKS: dict[str, RetrievalInfo] = {
     info.name: info
-    for info in (RetrievalInfo("stsb-paraphrase", "retrieval/stsb-paraphrase", 309, 10269),)
+    for info in (
+        RetrievalInfo("stsb-paraphrase", "retrieval/stsb-paraphrase", 309, 10269),
+        # Sized for slow models on a CPU (the demo): the STSb test documents and the first
+        # STSb dev distractors.
+        RetrievalInfo("stsb-paraphrase-mini", "retrieval/stsb-paraphrase", 309, 1500, 1500),
+    )
 }
 
 
@@ -89,7 +96,7 @@ def load_retrieval(
                 f"folder for retrieval task {info.name!r} not found",
                 hint=f"point --data-dir / {DATA_DIR_ENV} at a folder that has {info.folder}",
             )
-        loaded = _load_folder(folder, info.name, split)
+        loaded = _load_folder(folder, info.name, split, info.max_documents)
         _check_size(loaded, info)
         return loaded
     folder = Path(task)
@@ -103,11 +110,15 @@ def load_retrieval(
     return _load_folder(folder, folder.name, split)
 
 
-def _load_folder(folder: Path, name: str, split: str) -> RetrievalTask:
+def _load_folder(
+    folder: Path, name: str, split: str, max_documents: int | None = None
+) -> RetrievalTask:
     corpus_path = _find(folder, "corpus.jsonl")
     doc_ids, documents = _read_jsonl(corpus_path, with_title=True)
     query_ids, queries = _read_jsonl(_find(folder, "queries.jsonl"), with_title=False)
     qrels = _read_qrels(_qrels_path(folder, split), set(doc_ids), set(query_ids))
+    if max_documents is not None:
+        doc_ids, documents = _shrink(doc_ids, documents, qrels, max_documents)
     keep = [i for i, q in enumerate(query_ids) if any(g >= 1 for g in qrels.get(q, {}).values())]
     if not keep:
         raise DataError(folder, f"no query has a relevant document in split {split!r}")
@@ -129,6 +140,22 @@ def _load_folder(folder: Path, name: str, split: str) -> RetrievalTask:
         qrels={query_ids[i]: qrels[query_ids[i]] for i in keep},
         corpus_sha256=hashlib.sha256(corpus_path.read_bytes()).hexdigest(),
     )
+
+
+def _shrink(
+    doc_ids: list[str], documents: list[str], qrels: dict[str, dict[str, int]], size: int
+) -> tuple[list[str], list[str]]:
+    """Every judged document plus the first unjudged ones, ``size`` in all, in file order."""
+    judged = {doc for judgements in qrels.values() for doc in judgements}
+    room = max(size - len(judged), 0)
+    keep = []
+    for i, doc in enumerate(doc_ids):
+        if doc in judged:
+            keep.append(i)
+        elif room:
+            keep.append(i)
+            room -= 1
+    return [doc_ids[i] for i in keep], [documents[i] for i in keep]
 
 
 def _is_beir_folder(path: Path) -> bool:

@@ -88,3 +88,23 @@ def test_shared_stsb_paraphrase_has_canonical_size(caplog) -> None:
         task = load_retrieval("stsb-paraphrase", SHARED_DATA)
     assert (len(task.queries), len(task.documents)) == (309, 10269)
     assert sum(len(j) for j in task.qrels.values()) == 338 and not caplog.records
+
+
+def test_shared_mini_variant_keeps_every_judged_document(caplog) -> None:
+    require_shared(RETRIEVAL_TASKS["stsb-paraphrase"].folder)
+    full = load_retrieval("stsb-paraphrase", SHARED_DATA)
+    with caplog.at_level(logging.WARNING, logger="lmembed"):
+        mini = load_retrieval("stsb-paraphrase-mini", SHARED_DATA)
+    assert (len(mini.queries), len(mini.documents)) == (309, 1500) and not caplog.records
+    assert mini.qrels == full.qrels and mini.name == "stsb-paraphrase-mini"
+    assert set(mini.doc_ids) >= {d for j in full.qrels.values() for d in j}
+    assert mini.doc_ids == full.doc_ids[:1500]  # judged documents come first in this file
+
+
+def test_shrink_keeps_judged_documents_wherever_they_are() -> None:
+    from lmembed.data.retrieval import _shrink
+
+    ids = [f"d{i}" for i in range(10)]
+    qrels = {"q0": {"d8": 1, "d9": 0}}
+    kept, texts = _shrink(ids, [i.upper() for i in ids], qrels, 4)
+    assert kept == ["d0", "d1", "d8", "d9"] and texts == ["D0", "D1", "D8", "D9"]

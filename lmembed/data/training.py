@@ -49,6 +49,7 @@ class DataOptions:
         [],
         "training data: .csv/.tsv/.jsonl (also .gz), .parquet, a folder of them, or a hub "
         "dataset id; repeat for several datasets",
+        repeat=True,
     )
     columns: str | None = option(
         None,
@@ -245,7 +246,7 @@ def index_dataset(
 ) -> Dataset:
     """Scan ``spec`` once: validate every row, keep positions and dedupe keys."""
     anchor_keys, positive_keys = array("I"), array("I")
-    parts, blank, unused, fewest = [], 0, 0, None
+    parts, blank, unused, fewest, most = [], 0, 0, None, 0
     for source in open_sources(spec):
         layout = resolve_layout(source.columns, mapping, source.name, source.unit)
         positions = array("q")
@@ -266,6 +267,7 @@ def index_dataset(
                 )
             if fewest is None or count < fewest[0]:
                 fewest = (count, source.name, line, source.unit)
+            most = max(most, count)
             unused += example.unused_positives
             positions.append(position)
             anchor_keys.append(zlib.crc32(example.anchor.encode("utf-8")))
@@ -281,9 +283,14 @@ def index_dataset(
     k = available if negatives_per_anchor is None else min(negatives_per_anchor, available)
     counts = {"layout": "; ".join(sorted({p.layout.describe() for p in parts}))}
     counts |= {"blank_lines": blank, "unused_positives": unused}
-    if negatives_per_anchor is None and any(p.layout.negatives for p in parts):
-        where = f"{fewest[1]}, {fewest[3]} {fewest[2]}" if fewest else ""
-        counts["fewest_negatives_at"] = where
+    if negatives_per_anchor is None and fewest and most > fewest[0]:
+        where = f"{fewest[1]}, {fewest[3]} {fewest[2]}"
+        counts["negatives_per_row"] = f"{fewest[0]}-{most} (fewest at {where})"
+        logger.info(
+            "%s: rows have %d-%d hard negatives; each anchor uses %d, the fewest (%s); "
+            "--negatives-per-anchor picks another count",
+            name, fewest[0], most, k, where,
+        )  # fmt: skip
     _log_dataset(name, len(anchor_keys), blank, unused)
     return Dataset(
         name,

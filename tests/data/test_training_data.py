@@ -104,11 +104,13 @@ def test_flag_embedding_lists(tmp_path: Path, caplog) -> None:
     assert len({p[0].split()[0] + p[1].split()[0] for p in picks}) > 1  # not always the same two
 
 
-def test_rows_with_fewer_negatives(tmp_path: Path) -> None:
+def test_rows_with_fewer_negatives(tmp_path: Path, caplog) -> None:
     rows = [{"query": r["q"], "positive": r["a"], "negatives": [r["n1"], r["n2"]][: 1 + i % 2]}
             for i, r in enumerate(ROWS)]  # fmt: skip
     path = _jsonl(tmp_path / "q.jsonl", rows)
-    assert _load(path).datasets[0].negatives == 1  # the fewest any row has
+    with caplog.at_level(logging.INFO, logger="lmembed"):
+        assert _load(path).datasets[0].negatives == 1  # the fewest any row has
+    assert "rows have 1-2 hard negatives; each anchor uses 1" in caplog.text
     with pytest.raises(DataError, match=r"line 1: 1 negative\(s\), fewer than"):
         _load(path, negatives_per_anchor=2)
     assert _load(path, negatives_per_anchor=0).batch(0, 4, 0).negatives_per_anchor == 0

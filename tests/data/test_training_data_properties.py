@@ -3,9 +3,12 @@ or raises ``DataError``, never another exception."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import gzip
 import io
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -27,8 +30,22 @@ json_values = st.recursive(
 )
 
 
+@contextlib.contextmanager
+def _cache_in(folder: str):
+    """Gzipped files are decompressed into the cache: keep it in the example's folder."""
+    old = os.environ.get("LMEMBED_CACHE")
+    os.environ["LMEMBED_CACHE"] = folder
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["LMEMBED_CACHE"]
+        else:
+            os.environ["LMEMBED_CACHE"] = old
+
+
 def _load_or_data_error(name: str, content: bytes, **options) -> None:
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, _cache_in(folder):
         path = Path(folder) / name
         path.write_bytes(content)
         try:
@@ -48,10 +65,13 @@ def test_random_bytes(content: bytes, name: str) -> None:
 
 
 @SETTINGS
-@given(st.lists(json_values, max_size=5))
-def test_random_json_lines(values: list) -> None:
+@given(st.lists(json_values, max_size=5), st.booleans())
+def test_random_json_lines(values: list, zipped: bool) -> None:
     content = "".join(json.dumps(v) + "\n" for v in values).encode()
-    _load_or_data_error("t.jsonl", content)
+    if zipped:
+        _load_or_data_error("t.jsonl.gz", gzip.compress(content))
+    else:
+        _load_or_data_error("t.jsonl", content)
 
 
 @SETTINGS

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lmembed.training.sampler import batch_indices, epoch_plan, steps_per_epoch
+from lmembed.data.sampler import batch_indices, epoch_plan, steps_per_epoch
 
 
 def _plain(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:

@@ -5,6 +5,10 @@ sentence, then pairs of them joined as two-sentence passages until the size is r
 mines negatives for SNLI's entailment pairs over it, and writes bench/results/mine.json.
 
     flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_mine.py --documents 100000
+
+``--search-only`` times the exact chunked search alone on random vectors (``--queries``
+anchors x ``--documents`` x 384 dims, top 110), the part of mining that grows with the
+corpus beyond encoding it; results go to bench/results/mine-search.json.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,6 +31,7 @@ from common import RESULTS, data_dir, environment  # noqa: E402
 from lmembed import Embedder  # noqa: E402
 from lmembed.io import atomic_write_json  # noqa: E402
 from lmembed.retrieval.mine import MineOptions, mine  # noqa: E402
+from lmembed.retrieval.search import TopK  # noqa: E402
 
 
 def sentences(root: Path) -> list[str]:
@@ -74,14 +80,43 @@ class Timed:
             self.texts += len(texts)
 
 
+def search_only(queries: int, documents: int, chunk: int = 16384, dim: int = 384) -> dict:
+    rng = np.random.default_rng(0)
+    top = TopK(rng.standard_normal((queries, dim), dtype=np.float32), 110)
+    chunks = [
+        rng.standard_normal((min(chunk, documents - s), dim), dtype=np.float32)
+        for s in range(0, documents, chunk)
+    ]
+    started = time.perf_counter()
+    for block in chunks:
+        top.add(block)
+    return {
+        "queries": queries,
+        "documents": documents,
+        "dim": dim,
+        "k": 110,
+        "search_s": round(time.perf_counter() - started, 1),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "threads": torch.get_num_threads(),
+        "environment": environment(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--documents", type=int, default=100_000)
     parser.add_argument("--model", default="all-minilm-l6-v2")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--search-only", action="store_true")
+    parser.add_argument("--queries", type=int, default=6162)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.search_only:
+        result = search_only(args.queries, args.documents)
+        atomic_write_json(RESULTS / "mine-search.json", result)
+        print(json.dumps({k: v for k, v in result.items() if k != "environment"}, indent=2))
+        return
     root = data_dir()
     texts = sentences(root)
     rng = random.Random(0)

@@ -62,7 +62,7 @@ class MineOptions:
         "10:100", "START:END ranks (0-based, end exclusive) of non-positive candidates to consider"
     )
     max_score_ratio: float | None = option(
-        0.95, "drop candidates scoring above this x score(anchor, positive); none: no filter"
+        0.95, "drop candidates scoring above this x score(anchor, positive); 0: no filter"
     )
     sampling: Literal["top", "random"] = option(
         "top", "keep the most similar surviving candidates, or a random sample of them"
@@ -77,8 +77,8 @@ class MineOptions:
         self.range()  # validates
         if self.negatives < 1:
             raise ValueError(f"negatives must be at least 1, got {self.negatives}")
-        if self.max_score_ratio is not None and self.max_score_ratio <= 0:
-            raise ValueError(f"max_score_ratio must be positive, got {self.max_score_ratio}")
+        if self.max_score_ratio is not None and self.max_score_ratio < 0:
+            raise ValueError(f"max_score_ratio must be >= 0 (0: off), got {self.max_score_ratio}")
 
     def range(self) -> tuple[int, int]:
         """``rank_range`` as (start, end)."""
@@ -269,7 +269,7 @@ class _Plan:
         counts["skipped_rank"] += min(self.start, len(candidates))
         window = candidates[self.start : self.end]
         ratio = self.options.max_score_ratio
-        if ratio is not None:
+        if ratio:  # None or 0: no filter
             kept = [(i, s) for i, s in window if s <= ratio * floor]
             counts["removed_ratio"] += len(window) - len(kept)
             window = kept

@@ -111,8 +111,9 @@ def test_ratio_filter_and_rank_range(tmp_path: Path) -> None:
     negatives, summary = run(negatives=2, rank_range="0:10", max_score_ratio=0.95)
     assert negatives == ["c75", "c50"]  # 0.95 x 0.8 = 0.76 removes 0.9 and 0.77
     assert summary.removed_ratio == 2 and summary.removed_positive == 1
-    negatives, summary = run(negatives=2, rank_range="0:10", max_score_ratio=None)
-    assert negatives == ["c90", "c77"] and summary.removed_ratio == 0
+    for off in (None, 0.0):
+        negatives, summary = run(negatives=2, rank_range="0:10", max_score_ratio=off)
+        assert negatives == ["c90", "c77"] and summary.removed_ratio == 0
     negatives, summary = run(negatives=5, rank_range="1:3", max_score_ratio=None)
     assert negatives == ["c77", "c75"] and summary.skipped_rank == 1
     assert summary.anchors_short == 1  # two found, five wanted
@@ -167,6 +168,8 @@ def test_interrupted_run_resumes_to_the_same_output(tmp_path: Path) -> None:
 def test_bad_options_and_inputs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="rank_range must be START:END"):
         MineOptions(rank_range="100:10")
+    with pytest.raises(ValueError, match="max_score_ratio must be >= 0"):
+        MineOptions(max_score_ratio=-0.5)
     with pytest.raises(ValueError, match="negatives must be at least 1"):
         MineOptions(negatives=0)
     bad = tmp_path / "pairs.csv"

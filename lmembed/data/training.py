@@ -182,6 +182,12 @@ class TrainingData:
     def steps_per_epoch(self, batch_size: int) -> int:
         return sum(d.steps_per_epoch(batch_size) for d in self.datasets)
 
+    def smallest_batch(self, batch_size: int) -> int:
+        """The fewest examples a batch holds (some dataset's last batch of an epoch), for the
+        multi-process check that every rank gets one. Dedupe may leave a batch shorter only
+        when one text repeats more often than the epoch has batches."""
+        return min(len(d) - (d.steps_per_epoch(batch_size) - 1) * batch_size for d in self.datasets)
+
     def schedule(self, batch_size: int) -> Mixing:
         batches = [d.steps_per_epoch(batch_size) for d in self.datasets]
         return Mixing.build(self.mixing, self.names, batches)

@@ -54,6 +54,13 @@ def test_proportional_block_is_one_pass_over_each_dataset(two) -> None:
     assert order != sorted(order, key=lambda d: d != "big")  # interleaved, not one after the other
 
 
+def test_smallest_batch(two) -> None:
+    data = _load(*two)
+    assert data.smallest_batch(4) == 4 and data.smallest_batch(5) == 2  # 12 = 5 + 5 + 2
+    sizes = {len(data.batch(s, 5, seed=0)) for s in range(data.steps_per_epoch(5))}
+    assert min(sizes) == data.smallest_batch(5)
+
+
 def test_round_robin_and_weights(two) -> None:
     data = _load(*two, mixing="round-robin")
     assert [data.batch(s, 4, seed=0).dataset for s in range(6)] == ["big", "small"] * 3

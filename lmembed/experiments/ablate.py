@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lmembed.data.triplets import Triplets, load_triplets
+from lmembed.data.training import TrainingData, load_training_data
 from lmembed.evaluation import evaluate
 from lmembed.experiments.ablation_report import write_outputs
 from lmembed.experiments.sweep import Sweep, load_sweep, read_record
@@ -59,7 +59,7 @@ def run_ablation(
         len(folders),
         sweep.tasks,
     )
-    triplets: dict[tuple[tuple[str, ...], int | None], Triplets] = {}
+    datasets: dict[str, TrainingData] = {}
     for embedding in sweep.embeddings():
         path = sweep.base_record_path(embedding)
         if _pending(path, retry_failed):
@@ -75,7 +75,7 @@ def run_ablation(
             continue
         logger.info("ablate: [%d/%d] %s", number, len(folders), folder)
         with _cpu_lock():
-            record = _train_and_score(sweep, sweep.configs[folder], triplets)
+            record = _train_and_score(sweep, sweep.configs[folder], datasets)
         atomic_write_json(path, record)
         write_outputs(sweep, command)
     return write_outputs(sweep, command, plots=True)
@@ -108,7 +108,7 @@ def _cpu_lock() -> Iterator[None]:
 
 
 def _train_and_score(
-    sweep: Sweep, config: TrainConfig, cache: dict[tuple[tuple[str, ...], int | None], Triplets]
+    sweep: Sweep, config: TrainConfig, cache: dict[str, TrainingData]
 ) -> dict[str, Any]:
     """Train (or finish training) one run and score it; any exception becomes a failed record."""
     began = time.perf_counter()
@@ -116,9 +116,9 @@ def _train_and_score(
     record: dict[str, Any] = {"config": config.to_dict(), "status": "failed", "error": None}
     try:
         if not (folder / "adapter_model.safetensors").is_file():  # saved once training ends
-            key = (tuple(config.data), config.limit)
+            key = repr(config.dataset)  # runs that read the same data index it once
             if key not in cache:
-                cache[key] = load_triplets(config.data[0], limit=config.limit)
+                cache[key] = load_training_data(config.dataset)
             train(config, data=cache[key])
         gc.collect()
         embedder = Embedder.from_pretrained(adapter=folder)

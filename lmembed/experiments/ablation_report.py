@@ -253,7 +253,7 @@ def _setting_text(sweep: Sweep) -> str:
     base = sweep.base
     length = f"{base.steps} steps" if base.epochs is None else f"{base.epochs} epochs"
     text = (
-        f"{length} x {base.batch_size} triplets from `{', '.join(base.data)}`, lr "
+        f"{length} x {base.batch_size} triplets from `{', '.join(base.dataset.data)}`, lr "
         f"{base.lr:g}, {base.embedding.dtype}; tasks: {', '.join(sweep.tasks)} "
         f"({len(sweep.tasks)} of the {len(ALL_TASKS)} paper tasks)"
     )

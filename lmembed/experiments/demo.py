@@ -57,7 +57,8 @@ def run_demo(
     root = resolve_data_dir(data_dir)
     tasks = list(ALL_TASKS if full else QUICK_TASKS)
     config = demo_config(output, find_training_data(root), model, steps or 100)
-    logger.info("demo: %s on %s, %d steps, tasks %s", model, config.data, config.steps, tasks)
+    data = ", ".join(config.dataset.data)
+    logger.info("demo: %s on %s, %d steps, tasks %s", model, data, config.steps, tasks)
 
     def score(embedder: Embedder, name: str) -> STSResult:
         logger.info("demo: scoring %s", name)
@@ -73,7 +74,7 @@ def run_demo(
     print(compare(base, after))
     notes = {
         "command": f"lmembed demo{' --full' if full else ''} (steps={config.steps})",
-        "training": f"{config.steps} steps x {config.batch_size} triplets from {config.data}, "
+        "training": f"{config.steps} steps x {config.batch_size} triplets from {data}, "
         f"lr {config.lr}, {config.embedding.dtype}",
         "hardware": machine_summary(),
         "wall time": f"{time.perf_counter() - started:.0f} s",

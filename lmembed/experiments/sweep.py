@@ -254,7 +254,7 @@ def _build(values: dict[str, Any], overrides: dict[str, Any], where: str) -> Tra
     except (ValueError, TypeError) as error:
         raise ValueError(str(error) if where in str(error) else f"{where}: {error}") from None
     _check_types(config, where)
-    for source in config.data:
+    for source in config.dataset.data:
         if not looks_like_hub_id(source) and not Path(source).exists():
             raise ValueError(f"{where}: training data {source!r} not found")
     return config

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from lmembed.data.training import DataOptions
 from lmembed.model.lora import LoraOptions
 from lmembed.model.spec import EmbeddingSpec, resolve_spec
 from lmembed.options import build, check_choices, flat_dict, flat_fields, nested, option
@@ -27,12 +28,7 @@ class TrainConfig:
     """Options for ``lmembed train``; defaults follow the paper."""
 
     embedding: EmbeddingSpec = nested(EmbeddingSpec, prefix="", help="the embedding function")
-    data: list[str] = option(
-        [],
-        "training data: .csv/.csv.gz/.jsonl/.parquet file or a hub dataset id",
-        repeat=True,
-    )
-    limit: int | None = option(None, "use only the first N examples")
+    dataset: DataOptions = nested(DataOptions, prefix="", help="the training data")
     output: str = option("", "output folder: adapter, checkpoint, log.jsonl")
     steps: int | None = option(1000, "optimizer steps (ignored when --epochs is given)")
     epochs: float | None = option(None, "train for this many passes over the data instead")
@@ -57,8 +53,6 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        if isinstance(self.data, (str, Path)):
-            self.data = [str(self.data)]
         if self.steps is None and self.epochs is None:
             raise ValueError("give steps or epochs")
         if self.batch_size < 2:

@@ -32,8 +32,9 @@ import torch
 import torch.distributed as dist
 import transformers
 
+from lmembed.data.sampler import shard_sizes, steps_per_epoch
+from lmembed.data.training import Batch
 from lmembed.training.checkpoint import TrainingState, rng_states
-from lmembed.training.sampler import shard_sizes, steps_per_epoch
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,10 @@ class Distributed:
         """Rank 0 alone logs and writes files."""
         return self.rank == 0
 
-    def shard(self, indices: list[int]) -> tuple[list[int], list[int]]:
+    def shard(self, batch: Batch) -> tuple[Batch, list[int]]:
         """This rank's contiguous part of a global batch, and every rank's part size."""
-        sizes = shard_sizes(len(indices), self.world_size)
-        start = sum(sizes[: self.rank])
-        return indices[start : start + sizes[self.rank]], sizes
+        sizes = shard_sizes(len(batch), self.world_size)
+        return batch.shard(sizes, self.rank), sizes
 
 
 @contextmanager
@@ -89,8 +89,10 @@ def process_group() -> Iterator[Distributed]:
             dist.destroy_process_group()
 
 
-def check_sharding(batch_size: int, n_examples: int, n_steps: int, world_size: int) -> None:
-    """Fail before training when some batch could not give every rank a triplet."""
+def check_sharding(
+    batch_size: int, dataset_sizes: Sequence[int], n_steps: int, world_size: int
+) -> None:
+    """Fail before training when some batch could not give every rank an example."""
     if world_size == 1:
         return
     if batch_size % world_size:
@@ -98,14 +100,15 @@ def check_sharding(batch_size: int, n_examples: int, n_steps: int, world_size: i
             f"--batch-size {batch_size} is the global batch and must split evenly over the "
             f"{world_size} processes; use a multiple of {world_size}"
         )
-    per_epoch = steps_per_epoch(n_examples, batch_size)
-    tail = n_examples - (per_epoch - 1) * batch_size
-    if n_steps >= per_epoch and tail < world_size:
-        raise ValueError(
-            f"the last batch of each epoch holds {tail} triplet(s) ({n_examples} triplets, "
-            f"--batch-size {batch_size}), fewer than the {world_size} processes; change "
-            "--batch-size or --limit so that every process gets at least one"
-        )
+    for n_examples in dataset_sizes:
+        per_epoch = steps_per_epoch(n_examples, batch_size)
+        tail = n_examples - (per_epoch - 1) * batch_size
+        if n_steps >= per_epoch and tail < world_size:
+            raise ValueError(
+                f"the last batch of each epoch holds {tail} example(s) ({n_examples} "
+                f"examples, --batch-size {batch_size}), fewer than the {world_size} "
+                "processes; change --batch-size or --limit so that every process gets one"
+            )
 
 
 def seed_dropout(seed: int, job: Distributed) -> None:

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from lmembed.data.triplets import Triplets, load_triplets
+from lmembed.data.training import Batch, TrainingData, load_training_data
 from lmembed.losses import build_loss
 from lmembed.model.embedder import Embedder
 from lmembed.model.loading import load_backbone
@@ -32,9 +32,9 @@ from lmembed.training.distributed import (
     save_checkpoint_on_main,
     seed_dropout,
 )
+from lmembed.training.faults import fault_point
 from lmembed.training.gradcache import grad_cache_backward
 from lmembed.training.run_dir import MetricsLog, RunDir
-from lmembed.training.sampler import batch_indices, steps_per_epoch
 
 logger = logging.getLogger("lmembed")
 
@@ -68,21 +68,19 @@ def build_embedder(config: TrainConfig) -> Embedder:
     return Embedder(backbone, tokenizer, spec)
 
 
-def total_steps(config: TrainConfig, n_examples: int) -> int:
+def total_steps(config: TrainConfig, data: TrainingData) -> int:
     if config.epochs is not None:
-        return math.ceil(config.epochs * steps_per_epoch(n_examples, config.batch_size))
+        return math.ceil(config.epochs * data.steps_per_epoch(config.batch_size))
     return int(config.steps)
 
 
-def triplet_batch(
-    data: Triplets, indices: list[int], hard_negatives: bool
+def batch_texts(
+    batch: Batch, hard_negatives: bool
 ) -> tuple[list[str], list[str], list[str] | None]:
-    """The texts of a batch; the one place where ``hard_negatives`` drops the negatives."""
-    return (
-        [data.anchors[i] for i in indices],
-        [data.positives[i] for i in indices],
-        [data.negatives[i] for i in indices] if hard_negatives else None,
-    )
+    """(anchors, positives, negatives flattened per anchor); the one place where
+    ``hard_negatives`` drops the negatives (pairs have none)."""
+    use = hard_negatives and batch.negatives_per_anchor > 0
+    return batch.anchors, batch.positives, batch.flat_negatives() if use else None
 
 
 def forward_backward(
@@ -97,6 +95,7 @@ def forward_backward(
 
     Anchors get the query prompt, positives and negatives the document prompt; all
     texts then go through one length-sorted pass and are split back into roles.
+    ``negatives`` holds the same number per anchor, anchor ``i``'s in a row.
     With ``mini_batch_size`` the pass runs as GradCache. Returns this rank's
     (detached) objective; see ``distributed.global_batch_loss``.
     """
@@ -110,14 +109,16 @@ def forward_backward(
         hard = vectors[2 * n :] if negatives else None
         return global_batch_loss(loss_fn, vectors[:n], vectors[n : 2 * n], hard, job, sizes)
 
+    fault_point("forward")
     if mini_batch_size:
         return grad_cache_backward(embedder, ids, objective, mini_batch_size)
     loss = objective(embedder.embed_ids(ids, chunk_size=n))
+    fault_point("backward")
     loss.backward()
     return loss.detach()
 
 
-def train(config: TrainConfig, data: Triplets | None = None) -> TrainResult:
+def train(config: TrainConfig, data: TrainingData | None = None) -> TrainResult:
     """Fine-tune ``config.embedding.model``; the adapter lands in ``config.output``.
 
     Under ``torchrun`` every process trains on its shard of each global batch
@@ -127,13 +128,7 @@ def train(config: TrainConfig, data: Triplets | None = None) -> TrainResult:
         return _train(config, data, job)
 
 
-def _load_data(config: TrainConfig) -> Triplets:
-    if len(config.data) != 1:
-        raise ValueError(f"give one training data source (--data), got {config.data}")
-    return load_triplets(config.data[0], limit=config.limit)
-
-
-def _train(config: TrainConfig, data: Triplets | None, job: Distributed) -> TrainResult:
+def _train(config: TrainConfig, data: TrainingData | None, job: Distributed) -> TrainResult:
     if not config.output:
         raise ValueError("give an output folder (--output)")
     run = RunDir(config.output)
@@ -144,9 +139,11 @@ def _train(config: TrainConfig, data: Triplets | None, job: Distributed) -> Trai
         )
     run.path.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
-    data = data if data is not None else _load_data(config)
-    n_steps = total_steps(config, len(data))
-    check_sharding(config.batch_size, len(data), n_steps, job.world_size)
+    data = data if data is not None else load_training_data(config.dataset)
+    if job.is_main:
+        data.log_summary(config.batch_size, config.seed)
+    n_steps = total_steps(config, data)
+    check_sharding(config.batch_size, [len(d) for d in data.datasets], n_steps, job.world_size)
     embedder = build_embedder(config).to(job.device)
     seed_dropout(config.seed, job)
     loss_fn = build_loss(config.loss, config.temperature, config.margin)
@@ -159,6 +156,9 @@ def _train(config: TrainConfig, data: Triplets | None, job: Distributed) -> Trai
     if config.resume and run.has_checkpoint():
         start = state.load(run.checkpoint, job.rank, job.world_size)
         logger.info("resuming %s at step %d", run.path, start)
+    elif config.resume:
+        first_save = config.save_every if 0 < config.save_every < n_steps else n_steps
+        run.check_fresh_resume(first_save)
     log = None
     if job.is_main:
         run.write_config(config.to_dict())
@@ -177,10 +177,10 @@ def _train(config: TrainConfig, data: Triplets | None, job: Distributed) -> Trai
     )
     for step in bar:
         tick = time.perf_counter()
-        indices = batch_indices(len(data), config.batch_size, config.seed, step)
-        local, sizes = job.shard(indices)
-        batch = triplet_batch(data, local, config.hard_negatives)
-        loss = forward_backward(embedder, loss_fn, batch, job, sizes, config.mini_batch_size)
+        batch = data.batch(step, config.batch_size, config.seed)
+        local, sizes = job.shard(batch)
+        texts = batch_texts(local, config.hard_negatives)
+        loss = forward_backward(embedder, loss_fn, texts, job, sizes, config.mini_batch_size)
         loss_value = mean_across(loss, job)
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(
@@ -191,11 +191,12 @@ def _train(config: TrainConfig, data: Triplets | None, job: Distributed) -> Trai
         if config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         optimizer.step()
+        fault_point("optimizer_step")
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
         done = step + 1
-        rate = len(indices) / (time.perf_counter() - tick)
+        rate = len(batch) / (time.perf_counter() - tick)
         lr = scheduler.get_last_lr()[0]
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", triplets_s=f"{rate:.1f}")
         if log is not None:

@@ -5,7 +5,6 @@ an uninterrupted run, and trains the same run again until it SIGKILLs itself at
 step 3; the resume then goes through the real ``torchrun -m lmembed train`` CLI.
 """
 
-import functools
 import json
 import os
 import signal
@@ -19,9 +18,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
+from lmembed.data.sampler import batch_indices
+from lmembed.data.training import Batch, TrainingData
 from lmembed.data.triplets import load_triplets
 from lmembed.losses import build_loss
-from lmembed.training import trainer as trainer_module
 from lmembed.training.config import TrainConfig
 from lmembed.training.distributed import (
     Distributed,
@@ -30,13 +30,12 @@ from lmembed.training.distributed import (
     mean_across,
 )
 from lmembed.training.run_dir import read_metrics
-from lmembed.training.sampler import batch_indices
 from lmembed.training.trainer import (
+    batch_texts,
     build_embedder,
     forward_backward,
     seed_everything,
     train,
-    triplet_batch,
 )
 
 WORLD = 2
@@ -81,8 +80,11 @@ def one_step(model, data_path, ctx: Distributed, indices, mini_batch_size):
     trainable = [p for p in embedder.parameters() if p.requires_grad]
     for param in trainable:  # random A *and* B: peft's zero B would zero A's gradient
         param.data = torch.randn(param.shape, generator=generator) * 0.1
-    local, sizes = ctx.shard(indices)
-    batch = triplet_batch(load_triplets(str(data_path)), local, hard_negatives=True)
+    data = load_triplets(str(data_path))
+    rows = [data[i] for i in indices]
+    full = Batch([a for a, _, _ in rows], [p for _, p, _ in rows], [[n] for *_, n in rows], "t")
+    local, sizes = ctx.shard(full)
+    batch = batch_texts(local, hard_negatives=True)
     loss_fn = build_loss("infonce", 0.05, 0.2)
     loss = forward_backward(embedder, loss_fn, batch, ctx, sizes, mini_batch_size)
     value = mean_across(loss, ctx)
@@ -91,10 +93,13 @@ def one_step(model, data_path, ctx: Distributed, indices, mini_batch_size):
     return value, grads
 
 
-def _kill_at_step(step_to_die, original, n, batch_size, seed, step):
-    if step == step_to_die:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return original(n, batch_size, seed, step)
+def _kill_at_step(step_to_die, original):
+    def batch(self, step, batch_size, seed):
+        if step == step_to_die:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, step, batch_size, seed)
+
+    return batch
 
 
 def _worker(rank, port, model, data_path, root):
@@ -109,7 +114,7 @@ def _worker(rank, port, model, data_path, root):
             torch.save(result, root / f"{case}-{name}-rank{rank}.pt")
     config = _run_config(model, data_path, root / "straight")
     train(config)
-    trainer_module.batch_indices = functools.partial(_kill_at_step, 2, batch_indices)
+    TrainingData.batch = _kill_at_step(2, TrainingData.batch)
     train(config.replace(output=str(root / "resumed")))
 
 
@@ -194,8 +199,10 @@ def test_shards_partition_every_batch_of_an_epoch():
         seen = []
         for step in range(4):  # 30 triplets / 8: batches of 8, 8, 8, 6
             indices = batch_indices(30, 8, seed=3, step=step)
-            shards = [Distributed(rank, world_size).shard(indices) for rank in range(world_size)]
-            assert sum((part for part, _ in shards), []) == indices
+            texts = [str(i) for i in indices]
+            batch = Batch(texts, texts, [[t] for t in texts], "t")
+            shards = [Distributed(rank, world_size).shard(batch) for rank in range(world_size)]
+            assert sum((part.anchors for part, _ in shards), []) == texts
             sizes = shards[0][1]
             assert max(sizes) - min(sizes) <= 1 and sum(sizes) == len(indices)
             seen += indices
@@ -204,8 +211,8 @@ def test_shards_partition_every_batch_of_an_epoch():
 
 def test_sharding_errors_name_the_fix():
     with pytest.raises(ValueError, match="--batch-size 9 .* multiple of 2"):
-        check_sharding(9, 100, 10, world_size=2)
-    with pytest.raises(ValueError, match="last batch of each epoch holds 1 triplet"):
-        check_sharding(8, 17, 3, world_size=2)
-    check_sharding(8, 17, 2, world_size=2)  # never reaches the tail batch
-    check_sharding(9, 17, 3, world_size=1)
+        check_sharding(9, [100], 10, world_size=2)
+    with pytest.raises(ValueError, match="last batch of each epoch holds 1 example"):
+        check_sharding(8, [17], 3, world_size=2)
+    check_sharding(8, [17], 2, world_size=2)  # never reaches the tail batch
+    check_sharding(9, [17], 3, world_size=1)

@@ -7,13 +7,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lmembed.data.sampler import batch_indices
+from lmembed.data.training import TrainingData
 from lmembed.model.embedder import Embedder
 from lmembed.model.loading import load_backbone
 from lmembed.model.lora import LoraOptions, attach_lora
 from lmembed.training import trainer as trainer_module
 from lmembed.training.config import TrainConfig, config_from_dict, load_config
 from lmembed.training.run_dir import read_metrics
-from lmembed.training.sampler import batch_indices
 from lmembed.training.trainer import NonFiniteLossError, build_embedder, train
 
 
@@ -75,24 +76,24 @@ def test_adapter_reload_reproduces_embeddings(tiny_llama, triplets_csv, tmp_path
     assert all(np.isfinite(r["loss"]) for r in log)
 
 
-def test_kill_and_resume_equals_uninterrupted_run(tiny_llama, triplets_csv, tmp_path):
+def test_kill_and_resume_equals_uninterrupted_run(
+    tiny_llama, triplets_csv, tmp_path, monkeypatch
+):
     straight = _config(tiny_llama, triplets_csv, tmp_path / "straight", steps=5)
     train(straight)
 
     interrupted = straight.replace(output=str(tmp_path / "resumed"))
-    original = trainer_module.batch_indices
+    original = TrainingData.batch
 
-    def crash_at_step_4(n, batch_size, seed, step):
+    def crash_at_step_4(self, step, batch_size, seed):
         if step == 3:
             raise KeyboardInterrupt("simulated kill")
-        return original(n, batch_size, seed, step)
+        return original(self, step, batch_size, seed)
 
-    trainer_module.batch_indices = crash_at_step_4
-    try:
+    with monkeypatch.context() as patch:
+        patch.setattr(TrainingData, "batch", crash_at_step_4)
         with pytest.raises(KeyboardInterrupt):
             train(interrupted)
-    finally:
-        trainer_module.batch_indices = original
     with pytest.raises(FileExistsError, match="--resume"):
         train(interrupted)
     train(interrupted.replace(resume=True))

@@ -31,11 +31,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from lmembed.data.sampler import batch_indices
 from lmembed.data.triplets import Triplets, load_triplets
 from lmembed.model.embedder import Embedder
 from lmembed.training.config import TrainConfig
 from lmembed.training.run_dir import read_metrics
-from lmembed.training.sampler import batch_indices
 
 LORA_FILE = "lora.safetensors"
 LORA_TARGETS = ("q_proj", "v_proj")

@@ -1,0 +1,99 @@
+"""Every command's flags come from the dataclass declarations (one place per option)."""
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+
+import pytest
+
+from lmembed import cli
+from lmembed.model.spec import EmbeddingSpec, resolve_spec
+from lmembed.options import build, flat_fields, option
+from lmembed.training.config import TrainConfig
+
+EMBEDDING_COMMANDS = ("train", "eval", "encode", "serve", "export")
+NOT_OPTIONS = {"help", "verbose"}
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                nested = _subparsers(sub)
+                found.update({f"{name} {k}": v for k, v in nested.items()} or {name: sub})
+    return found
+
+
+def _dests(parser: argparse.ArgumentParser) -> set[str]:
+    return {a.dest for a in parser._actions if a.dest not in NOT_OPTIONS}
+
+
+def test_every_flag_of_every_command_is_a_declared_option():
+    parsers = _subparsers(cli.build_parser())
+    commands = {command.name: command for command in cli.commands()}
+    assert set(parsers) == set(commands)
+    for name, parser in parsers.items():
+        command = commands[name]
+        declared = {f.name for f in flat_fields(command.options)}
+        if command.embedding:
+            declared |= {f.name for f in flat_fields(EmbeddingSpec)}
+        if command.options is TrainConfig:
+            declared.add("config")  # the YAML file the flags override
+        assert _dests(parser) == declared, name
+    spec_options = {f.name for f in flat_fields(EmbeddingSpec)}
+    for name in EMBEDDING_COMMANDS:
+        assert spec_options <= _dests(parsers[name]), f"{name} lacks embedding flags"
+
+
+def test_a_new_embedding_option_reaches_every_command_and_the_saved_spec(monkeypatch, tmp_path):
+    """The issue's check: one field added to EmbeddingSpec shows up everywhere."""
+
+    @dataclass
+    class WiderSpec(EmbeddingSpec):
+        throwaway: int = option(7, "a throwaway option for this test")
+
+    monkeypatch.setattr(cli, "EmbeddingSpec", WiderSpec)
+    parsers = _subparsers(cli.build_parser())
+    for name in ("eval", "encode", "serve", "export"):
+        assert "throwaway" in _dests(parsers[name]), name
+    args = parsers["eval"].parse_args(["--model", "m", "--throwaway", "3"])
+    assert args.throwaway == 3
+    spec = WiderSpec(model="m", throwaway=3)
+    spec.save(tmp_path)
+    assert WiderSpec.load(tmp_path).throwaway == 3
+
+    @dataclass
+    class WiderConfig(TrainConfig):
+        embedding: WiderSpec = dataclasses.field(
+            default_factory=WiderSpec, metadata={"nested": WiderSpec, "prefix": ""}
+        )
+
+    config = build(WiderConfig, {"throwaway": 5, "model": "m"})
+    assert config.embedding.throwaway == 5 and config.to_dict()["throwaway"] == 5
+
+
+def test_one_resolution_rule_saved_spec_then_explicit_options(tmp_path):
+    EmbeddingSpec(model="base", prompt="{s} is: ", pooling="mean", max_length=64).save(tmp_path)
+    restored = resolve_spec(adapter=str(tmp_path))
+    assert (restored.model, restored.prompt, restored.pooling) == ("base", "{s} is: ", "mean")
+    explicit = resolve_spec({"adapter": str(tmp_path), "pooling": "last", "max_length": None})
+    assert explicit.pooling == "last" and explicit.max_length == 64
+    with pytest.raises(ValueError, match="give a model"):
+        resolve_spec()
+
+
+def test_train_flags_override_yaml_and_reach_nested_options(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("model: m\nlora: {r: 16}\nprompt: '{s} is: '\ndata: a.csv\n")
+    args = _subparsers(cli.build_parser())["train"].parse_args(
+        ["--lora-alpha", "64", "--data", "a.csv", "--data", "b.jsonl", "--query-prompt", "q: {s}"]
+    )
+    from lmembed.options import given
+    from lmembed.training.config import load_config
+
+    config = load_config(path, **given(args, [f.name for f in flat_fields(TrainConfig)]))
+    assert (config.lora.r, config.lora.alpha) == (16, 64)
+    assert config.dataset.data == ["a.csv", "b.jsonl"]
+    assert config.embedding.template("query") == "q: {s}"
+    assert config.embedding.template("document") == "{s} is: "

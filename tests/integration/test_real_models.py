@@ -2,27 +2,23 @@
 
 import numpy as np
 import pytest
-from tiny_models import SHARED_DATA
+from tiny_models import require_packaged_model, require_shared
 
 from lmembed.model.embedder import Embedder
 from lmembed.training.config import TrainConfig
 from lmembed.training.run_dir import read_metrics
 from lmembed.training.trainer import train
 
-NLI = SHARED_DATA / "nli" / "snli_devtest_triplets_tok.csv.gz"
-
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.slow,
-    pytest.mark.skipif(not NLI.is_file(), reason=f"shared NLI data not found at {NLI}"),
-]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_smollm2_twenty_steps_loss_falls_and_adapter_reloads(tmp_path):
+    nli = require_shared("nli/snli_devtest_triplets_tok.csv.gz")
+    require_packaged_model("smollm2-135m")
     output = tmp_path / "smollm2"
     config = TrainConfig.from_flat(
         model="smollm2-135m",
-        data=str(NLI),
+        data=str(nli),
         output=str(output),
         steps=20,
         batch_size=16,

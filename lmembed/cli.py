@@ -30,7 +30,14 @@ from lmembed.training.config import TrainConfig
 class EvalOptions:
     """``lmembed eval``: what to score and where the results go."""
 
-    tasks: str = option("all", "STS tasks: all, quick, or a comma list of names")
+    tasks: str = option(
+        "all",
+        "comma list of: all, quick, STS task names, your own STS files (.tsv/.csv/.jsonl with "
+        "sentence1, sentence2, score), retrieval task names (stsb-paraphrase) or BEIR folders",
+    )
+    retrieval: list[str] = option(
+        [], "BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels/) to score", repeat=True
+    )
     data_dir: str | None = option(None, "data folder (default: $LMEMBED_DATA_DIR)")
     output: str | None = option(None, "write the results JSON here")
     compare_base: bool = option(False, "also score the base model and show the delta per task")
@@ -122,22 +129,67 @@ def cmd_encode(spec: dict[str, Any], options: EncodeOptions, args: argparse.Name
 
 
 def cmd_eval(spec: dict[str, Any], options: EvalOptions, args: argparse.Namespace) -> None:
-    from lmembed.evaluation import compare, evaluate, save_results, to_markdown
+    from lmembed.data.retrieval import split_tasks
+    from lmembed.evaluation import evaluate
+    from lmembed.evaluation.retrieval import evaluate_retrieval
     from lmembed.model.embedder import Embedder
+
+    selection = split_tasks(options.tasks)
+    retrieval_tasks = [*selection.retrieval, *options.retrieval]
+
+    def score(embedder: Embedder) -> tuple[Any, Any]:
+        sts = retrieval = None
+        if selection.sts:
+            sts = evaluate(embedder, selection.sts, options.data_dir, options.batch_size)
+        if retrieval_tasks:
+            retrieval = evaluate_retrieval(
+                embedder, retrieval_tasks, options.data_dir, options.batch_size
+            )
+        return sts, retrieval
 
     embedder = Embedder.from_pretrained(**spec)
     tuned_spec = embedder.spec
-    result = evaluate(embedder, options.tasks, options.data_dir, options.batch_size)
+    sts, retrieval = score(embedder)
+    base = (None, None)
     if options.compare_base:
         del embedder
-        base = Embedder.from_spec(tuned_spec.replace(adapter=None))
-        result.base = evaluate(base, options.tasks, options.data_dir, options.batch_size)
-        print(compare(result.base, result))
-    else:
-        print(to_markdown(result))
+        base = score(Embedder.from_spec(tuned_spec.replace(adapter=None)))
+    print(_eval_tables(sts, retrieval, *base))
     if options.output:
-        save_results(result, options.output)
+        from lmembed.io import atomic_write_json
+
+        atomic_write_json(options.output, _eval_json(sts, retrieval, *base))
         print(f"results written to {options.output}")
+
+
+def _eval_json(sts: Any, retrieval: Any, base_sts: Any, base_retrieval: Any) -> dict[str, Any]:
+    """STS results keep their JSON shape; retrieval results go under ``retrieval``
+    (or are the whole file when no STS task ran); each with its ``base`` when compared."""
+    if sts is not None:
+        sts.base = base_sts
+    data = sts.to_dict() if sts is not None else {}
+    if retrieval is not None:
+        scores = retrieval.to_dict()
+        if base_retrieval is not None:
+            scores["base"] = base_retrieval.to_dict()
+        data = {**data, "retrieval": scores} if sts is not None else scores
+    return data
+
+
+def _eval_tables(sts: Any, retrieval: Any, base_sts: Any, base_retrieval: Any) -> str:
+    from lmembed.evaluation import compare, to_markdown
+    from lmembed.evaluation.retrieval import compare_retrieval
+
+    parts = []
+    if sts is not None:
+        parts.append(compare(base_sts, sts) if base_sts is not None else to_markdown(sts))
+    if retrieval is not None:
+        parts.append(
+            compare_retrieval(base_retrieval, retrieval)
+            if base_retrieval is not None
+            else retrieval.to_markdown()
+        )
+    return "\n".join(parts)
 
 
 def cmd_download(spec: dict[str, Any], options: DownloadOptions, args: argparse.Namespace) -> None:
@@ -168,6 +220,14 @@ def cmd_export(spec: dict[str, Any], options: ExportOptions, args: argparse.Name
     print(f"wrote {options.format} export to {output}")
 
 
+def cmd_mine(spec: dict[str, Any], options: Any, args: argparse.Namespace) -> None:
+    from lmembed.model.embedder import Embedder
+    from lmembed.retrieval.mine import mine
+
+    summary = mine(Embedder.from_pretrained(**spec), options)
+    print(", ".join(f"{key} {value}" for key, value in summary.to_dict().items()))
+
+
 def cmd_serve(spec: dict[str, Any], options: Any, args: argparse.Namespace) -> None:
     from lmembed.model.embedder import Embedder
     from lmembed.serving import require_serve_extra, serve
@@ -191,9 +251,15 @@ class Command:
 
 
 def _server_config() -> type:
-    from lmembed.serving.app import ServerConfig
+    from lmembed.serving import ServerConfig
 
     return ServerConfig
+
+
+def _mine_options() -> type:
+    from lmembed.retrieval.mine import MineOptions
+
+    return MineOptions
 
 
 def commands() -> list[Command]:
@@ -210,6 +276,8 @@ def commands() -> list[Command]:
                 AblateOptions),
         Command("export", "write a model + adapter for sentence-transformers, transformers "
                 "or peft", cmd_export, ExportOptions, embedding=True),
+        Command("mine", "mine hard negatives for (anchor, positive) pairs into a file "
+                "`lmembed train` reads", cmd_mine, _mine_options(), embedding=True),
         Command("serve", "OpenAI-compatible embeddings server (lmembed[serve])", cmd_serve,
                 _server_config(), embedding=True),
     ]  # fmt: skip

@@ -108,7 +108,7 @@ class STSResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> STSResult:
-        reserved = {"tasks", "average", "lmembed_version", "elapsed_s", "base"}
+        reserved = {"tasks", "average", "lmembed_version", "elapsed_s", "base", "retrieval"}
         return cls(
             spec={k: v for k, v in data.items() if k not in reserved},
             tasks={name: TaskScore(**score) for name, score in data["tasks"].items()},

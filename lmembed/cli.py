@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lmembed.model.spec import EmbeddingSpec, Role
+from lmembed.model.spec import EmbeddingSpec
 from lmembed.options import add_flags, build, given, option
 from lmembed.training.config import TrainConfig
 
@@ -41,17 +41,6 @@ class EvalOptions:
     data_dir: str | None = option(None, "data folder (default: $LMEMBED_DATA_DIR)")
     output: str | None = option(None, "write the results JSON here")
     compare_base: bool = option(False, "also score the base model and show the delta per task")
-    batch_size: int = option(32, "texts per forward pass")
-
-
-@dataclass
-class EncodeOptions:
-    """``lmembed encode``: one text per line in, one vector per line out."""
-
-    input: str = option(None, "UTF-8 text file, one text per line", required=True)
-    output: str = option(None, "output .npy (float32, rows = lines)", required=True)
-    role: Role | None = option(None, "encode as queries or documents (their prompts)")
-    normalize: bool = option(True, "unit-length vectors (cosine = dot product)")
     batch_size: int = option(32, "texts per forward pass")
 
 
@@ -110,22 +99,29 @@ def cmd_train(spec: dict[str, Any], options: TrainConfig | None, args: argparse.
     )
 
 
-def cmd_encode(spec: dict[str, Any], options: EncodeOptions, args: argparse.Namespace) -> None:
+def cmd_encode(spec: dict[str, Any], options: Any, args: argparse.Namespace) -> None:
+    """``--output X.npy``: a small text file in memory; ``--output DIR``: sharded corpus."""
+    from lmembed.encoding import encode_corpus
     from lmembed.io import atomic_write_bytes
     from lmembed.model.embedder import Embedder
+    from lmembed.quantization import shrink
 
+    if not options.input or not options.output:
+        raise ValueError("give --input FILE and --output (a .npy file or a folder)")
+    embedder = Embedder.from_pretrained(**spec)
+    if not options.output.endswith(".npy"):
+        print(f"manifest: {encode_corpus(embedder, options)}")
+        return
     lines = Path(options.input).read_text(encoding="utf-8").splitlines()
     texts = [line for line in lines if line.strip()]
     if not texts:
         raise SystemExit(f"{options.input}: no non-empty lines to encode")
-    embedder = Embedder.from_pretrained(**spec)
     vectors = embedder.encode(texts, batch_size=options.batch_size, role=options.role)
-    if options.normalize:
-        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    codes, _ = shrink(vectors, options.dims, options.precision, options.normalize)
     buffer = io.BytesIO()
-    np.save(buffer, vectors)
+    np.save(buffer, codes)
     atomic_write_bytes(options.output, buffer.getvalue())
-    print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 vectors to {options.output}")
+    print(f"wrote {codes.shape[0]} x {codes.shape[1]} {codes.dtype} vectors to {options.output}")
 
 
 def cmd_eval(spec: dict[str, Any], options: EvalOptions, args: argparse.Namespace) -> None:
@@ -256,6 +252,12 @@ def _server_config() -> type:
     return ServerConfig
 
 
+def _encode_options() -> type:
+    from lmembed.encoding import EncodeCorpusOptions
+
+    return EncodeCorpusOptions
+
+
 def _mine_options() -> type:
     from lmembed.retrieval.mine import MineOptions
 
@@ -266,8 +268,8 @@ def commands() -> list[Command]:
     return [
         Command("train", "fine-tune a model with LoRA (flags override --config)", cmd_train,
                 TrainConfig),
-        Command("encode", "embed one text per line into a .npy file", cmd_encode,
-                EncodeOptions, embedding=True),
+        Command("encode", "embed texts: a .txt file into a .npy, or a corpus of any size "
+                "into shards + manifest", cmd_encode, _encode_options(), embedding=True),
         Command("eval", "Spearman x100 on the STS benchmarks", cmd_eval, EvalOptions,
                 embedding=True),
         Command("data download", "fetch STS + NLI from the hub", cmd_download, DownloadOptions),

@@ -97,3 +97,18 @@ def test_train_flags_override_yaml_and_reach_nested_options(tmp_path):
     assert config.dataset.data == ["a.csv", "b.jsonl"]
     assert config.embedding.template("query") == "q: {s}"
     assert config.embedding.template("document") == "{s} is: "
+
+
+def test_encode_command_writes_what_the_embedder_gives(tiny_llama, tmp_path):
+    import numpy as np
+
+    from lmembed.model.embedder import Embedder
+
+    texts = ["a man plays a guitar .", "", "the dog runs"]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    flags = ["--model", str(tiny_llama), "--dtype", "fp32", "--input", str(tmp_path / "in.txt")]
+    cli.main(["encode", *flags, "--role", "query", "--output", str(tmp_path / "v.npy")])
+    expected = Embedder.from_pretrained(str(tiny_llama), dtype="fp32").encode(
+        [texts[0], texts[2]], role="query"
+    )
+    np.testing.assert_allclose(np.load(tmp_path / "v.npy"), expected, rtol=1e-5, atol=1e-6)

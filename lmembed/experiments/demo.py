@@ -14,6 +14,8 @@ from pathlib import Path
 from lmembed.data import ALL_TASKS, QUICK_TASKS, resolve_data_dir
 from lmembed.data.locate import find_training_data
 from lmembed.evaluation import STSResult, compare, evaluate, save_results, write_report
+from lmembed.evaluation.retrieval import RetrievalResult, compare_retrieval, evaluate_retrieval
+from lmembed.io import atomic_write_text
 from lmembed.model.embedder import Embedder
 from lmembed.system import machine_summary
 from lmembed.training.config import TrainConfig
@@ -22,6 +24,9 @@ from lmembed.training.trainer import train
 logger = logging.getLogger("lmembed")
 
 BASELINE_MODEL = "all-minilm-l6-v2"
+# Paraphrase retrieval on every judged STSb-test document plus distractors (1,500 in all):
+# the full 10,269-document task is `lmembed eval --tasks stsb-paraphrase`.
+RETRIEVAL_TASK = "stsb-paraphrase-mini"
 
 
 def demo_config(output: Path, data: str, model: str, steps: int) -> TrainConfig:
@@ -66,10 +71,19 @@ def run_demo(
         save_results(result, output / f"{name}.json")
         return result
 
-    base = score(Embedder.from_spec(config.embedding), "before")
+    def search(embedder: Embedder, name: str) -> RetrievalResult:
+        logger.info("demo: retrieval %s", name)
+        result = evaluate_retrieval(embedder, RETRIEVAL_TASK, root, batch_size=32)
+        result.save(output / f"{name}-retrieval.json")
+        return result
+
+    base_embedder = Embedder.from_spec(config.embedding)
+    base, base_search = score(base_embedder, "before"), search(base_embedder, "before")
+    del base_embedder
     baseline = score(Embedder.from_pretrained(BASELINE_MODEL, dtype="fp32"), "baseline")
     trained = train(config)
-    after = score(Embedder.from_pretrained(adapter=trained.output), "after")
+    tuned = Embedder.from_pretrained(adapter=trained.output)
+    after, after_search = score(tuned, "after"), search(tuned, "after")
 
     print(compare(base, after))
     notes = {
@@ -80,4 +94,8 @@ def run_demo(
         "wall time": f"{time.perf_counter() - started:.0f} s",
     }
     md, _ = write_report(output, base, after, baseline, title=f"lmembed demo: {model}", notes=notes)
+    retrieval = compare_retrieval(base_search, after_search)
+    print(retrieval)
+    text = md.read_text(encoding="utf-8")
+    atomic_write_text(md, f"{text}\n## Retrieval ({RETRIEVAL_TASK})\n\n{retrieval}")
     return md

@@ -2,8 +2,10 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
+from tiny_models import SHARED_DATA, require_shared
 
 from lmembed.experiments.demo import run_demo
 
@@ -16,6 +18,9 @@ def test_demo_writes_report_with_before_after_and_baseline(tiny_llama, sts_dir, 
     (data / "nli").mkdir()
     # Under the name of the full SimCSE file, which the demo prefers when present.
     shutil.copy(nli_csv, data / "nli" / "nli_for_simcse.csv")
+    require_shared("retrieval")
+    retrieval = Path("retrieval") / "stsb-paraphrase"
+    shutil.copytree(SHARED_DATA / retrieval, data / retrieval)
 
     report = run_demo(output=tmp_path / "demo", data_dir=data, steps=2, model=str(tiny_llama))
 
@@ -30,3 +35,6 @@ def test_demo_writes_report_with_before_after_and_baseline(tiny_llama, sts_dir, 
     assert baseline["model"] == "all-minilm-l6-v2" and baseline["pooling"] == "mean"
     assert after["tasks"]["stsb"]["pairs"] == 8
     assert before["tasks"]["stsb"] != after["tasks"]["stsb"]
+    searched = json.loads((tmp_path / "demo" / "after-retrieval.json").read_text())
+    assert searched["tasks"]["stsb-paraphrase-mini"]["documents"] == 1500
+    assert "## Retrieval (stsb-paraphrase-mini)" in text and "ndcg@10" in text.lower()

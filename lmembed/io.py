@@ -136,3 +136,16 @@ def _swap_in(new: Path, path: Path) -> None:
     new.rename(path)
     _fsync_path(path.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def folder_fingerprint(location: Any) -> list[tuple[str, int, int]] | None:
+    """(relative path, size, mtime) of every file under a local folder, for cache keys:
+    a model or adapter rewritten in place gets a new key. ``None`` for hub ids and files."""
+    if not location or not Path(str(location)).is_dir():
+        return None
+    root = Path(str(location))
+    return [
+        (str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    ]

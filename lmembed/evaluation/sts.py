@@ -21,7 +21,7 @@ from scipy.stats import pearsonr, spearmanr
 from tqdm.auto import tqdm
 
 from lmembed.data.sts import STSTask, load_sts, resolve_data_dir, resolve_tasks
-from lmembed.io import atomic_write_json, cache_root
+from lmembed.io import atomic_write_json, cache_root, folder_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -282,22 +282,11 @@ def _cache_key(spec: dict[str, Any], task: STSTask) -> str:
         "spec": spec,
         "task": task.name,
         "data_sha256": hashlib.sha256(task.path.read_bytes()).hexdigest(),
-        "model_files": _folder_fingerprint(spec["model"]),
-        "adapter_files": _folder_fingerprint(spec["adapter"]),
+        "model_files": folder_fingerprint(spec["model"]),
+        "adapter_files": folder_fingerprint(spec["adapter"]),
     }
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _folder_fingerprint(location: Any) -> list[tuple[str, int, int]] | None:
-    if not location or not Path(str(location)).is_dir():
-        return None
-    root = Path(str(location))
-    return [
-        (str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    ]
 
 
 def _cache_get(key: str) -> TaskScore | None:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from lmembed.io import atomic_write_bytes, cache_root
+from lmembed.io import atomic_write_bytes, cache_root, folder_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ def corpus_key(encoder: RoleEncoder, texts: Sequence[str], chunk_size: int) -> s
     payload = {
         "version": STORE_VERSION,
         "spec": spec,
-        "model_files": _fingerprint(spec.get("model")),
-        "adapter_files": _fingerprint(spec.get("adapter")),
+        "model_files": folder_fingerprint(spec.get("model")),
+        "adapter_files": folder_fingerprint(spec.get("adapter")),
         "texts": digest.hexdigest(),
         "chunk_size": chunk_size,
     }
@@ -95,14 +95,3 @@ def encoded_chunks(
             np.save(buffer, vectors)
             atomic_write_bytes(path, buffer.getvalue())
         yield vectors
-
-
-def _fingerprint(location: Any) -> list[tuple[str, int, int]] | None:
-    if not location or not Path(str(location)).is_dir():
-        return None
-    root = Path(str(location))
-    return [
-        (str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    ]

@@ -12,7 +12,10 @@ is the rows encoded before the kill that the resume encodes again.
         --sizes 10000,1000000 --shard-size 50000
 
 writes ``bench/results/corpus_encode.json`` and the "Corpus encoding" section of
-``docs/benchmarks.md``.
+``docs/benchmarks.md``. The throughput ratio of one pair of runs is at the mercy of
+whatever else the machine runs; ``--paired N --repeat R`` measures it properly: R
+alternating pairs of streamed and in-memory runs on N texts, summarised per pair
+(``corpus_encode_paired.json``, section "Corpus encoding: paired throughput").
 """
 
 from __future__ import annotations
@@ -26,7 +29,17 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, environment, environment_block, replace_section, run_worker, save_result
+from common import (
+    ROOT,
+    alternating,
+    environment,
+    environment_block,
+    fmt_ratio,
+    paired_ratio,
+    replace_section,
+    run_worker,
+    save_result,
+)
 
 HEADING = "Corpus encoding"
 BATCH = 256
@@ -104,16 +117,48 @@ def kill_and_resume(model: str, corpus: Path, out: Path, shard_size: int, rows: 
             "rows_lost_at_most": min(shard_size, rows - len(kept) * shard_size)}  # fmt: skip
 
 
+def paired(model: str, work: Path, n: int, shard_size: int, repeat: int) -> None:
+    """Alternating streamed / in-memory runs on ``n`` texts; per-pair throughput ratios."""
+    corpus = write_corpus(work / f"corpus-{n}.txt", n)
+    seconds: dict[str, list[float]] = {"stream": [], "memory": []}
+    for r in range(repeat):
+        for name in alternating(["stream", "memory"], r):
+            output = work / f"paired-{name}" if name == "stream" else work / "paired.npy"
+            subprocess.run(["rm", "-rf", str(output)], check=True)
+            result = run_worker(__file__, name, {"model": model, "corpus": str(corpus),
+                                                 "output": str(output), "shard_size": shard_size})
+            seconds[name].append(result["seconds"])
+            print(name, round(result["seconds"], 2), flush=True)
+    ratio = paired_ratio(seconds["memory"], seconds["stream"])  # throughput stream / memory
+    result = {"environment": environment(), "texts": n, "shard_size": shard_size,
+              "batch_size": BATCH, "seconds": seconds, "throughput_ratio": ratio}  # fmt: skip
+    save_result("corpus_encode_paired", result)
+    replace_section("Corpus encoding: paired throughput", "\n".join([
+        f"{repeat} alternating pairs of a streamed (`encode_corpus`, shards of {shard_size:,}) "
+        f"and an in-memory run on {n:,} generated texts, tiny random llama, batch {BATCH}, "
+        "each run in a fresh process: streamed throughput is "
+        f"**{fmt_ratio(ratio)}** the in-memory call's (median, min-max over pairs; target "
+        "within 5%).",
+        "",
+        environment_block(result["environment"], target="python bench/bench_corpus_encode.py"),
+    ]))  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="10000,1000000", help="corpus sizes (texts)")
     parser.add_argument("--shard-size", type=int, default=50_000)
     parser.add_argument("--kill-after-s", type=float, default=60.0)
+    parser.add_argument("--paired", type=int, default=0, help="only the paired throughput, N texts")
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workdir", default="/tmp/lmembed-bench-corpus")
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     model = str(_tiny_model(work / "tiny-llama"))
+    if args.paired:
+        paired(model, work, args.paired, args.shard_size, args.repeat)
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     runs = []
     for n in sizes:

@@ -10,6 +10,10 @@
 * ``merged``: a plain transformers folder (safetensors, LoRA merged) plus ``lmembed.json``,
   so ``Embedder.from_pretrained(path)`` restores the same embedding function.
 * ``adapter``: the adapter files alone (peft weights, its config and ``lmembed.json``).
+* ``onnx`` / ``openvino``: the merged backbone as an fp32 graph (``model.onnx``, or OpenVINO
+  IR), optionally with int8 weights (``quantize="int8"``), plus the tokenizer, the config and
+  ``lmembed.json`` marked with the backend; ``lmembed.backends.load_encoder`` runs it with
+  ``Embedder``'s own tokenization and pooling (see ``lmembed.backends.onnx``).
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from lmembed.model.spec import SPEC_FILE, EmbeddingSpec, resolve_spec
 
 logger = logging.getLogger("lmembed")
 
-ExportFormat = Literal["sentence-transformers", "merged", "adapter"]
+ExportFormat = Literal["sentence-transformers", "merged", "adapter", "onnx", "openvino"]
 FORMATS: tuple[str, ...] = typing.get_args(ExportFormat)
+RUNTIME_FORMATS = ("onnx", "openvino")
+Quantize = Literal["int8"]
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", SPEC_FILE)
 ST_POOLING = {"last": "lasttoken", "mean": "mean"}
 ST_TRANSFORMER = "sentence_transformers.base.modules.transformer.Transformer"
@@ -46,6 +52,7 @@ def export(
     output: str | Path,
     kind: ExportFormat = "sentence-transformers",
     overwrite: bool = False,
+    quantize: Quantize | None = None,
     **spec_options: Any,
 ) -> Path:
     """Write the embedder ``spec_options`` describe to ``output`` as ``kind``; returns it.
@@ -54,10 +61,16 @@ def export(
     like every command's (``resolve_spec``). ``dtype`` is the dtype of the saved weights
     (default: the adapter's training dtype); LoRA is merged in fp32 first so the cast
     rounds once. An existing non-empty ``output`` is replaced only with ``overwrite``
-    (it could be the training run itself).
+    (it could be the training run itself). ``onnx``/``openvino`` graphs compute in fp32
+    whatever ``dtype`` says; ``quantize="int8"`` stores their weights in int8.
     """
     if kind not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {kind!r}")
+    if quantize is not None and (kind not in RUNTIME_FORMATS or quantize != "int8"):
+        raise ExportError(
+            f"--quantize int8 applies to --format onnx or openvino, got {quantize!r} "
+            f"with --format {kind}"
+        )
     output = Path(output)
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise FileExistsError(f"{output} exists and is not empty; pass --overwrite to replace it")
@@ -67,6 +80,9 @@ def export(
     if kind == "sentence-transformers":
         st_prompts(spec)  # fail before loading the model
     embedder = Embedder.from_spec(spec.replace(dtype="fp32")).merge_lora()
+    if kind in RUNTIME_FORMATS:
+        embedder.spec = spec.replace(dtype="fp32")
+        return _write_runtime(embedder, output, kind, quantize)
     embedder.model.to(DTYPES[spec.dtype])
     embedder.spec = spec
     if kind == "merged":
@@ -101,6 +117,30 @@ def _write_merged(embedder: Embedder, output: Path) -> Path:
         embedder.model.save_pretrained(tmp)
         embedder.tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / SPEC_FILE, {**spec.to_dict(), "merged_from": source})
+    return output
+
+
+def _write_runtime(
+    embedder: Embedder, output: Path, kind: str, quantize: Quantize | None
+) -> Path:
+    """The checked graph (ONNX, or OpenVINO IR), tokenizer, config and the marked spec."""
+    from lmembed.backends.onnx import ONNX_FILE, export_onnx, onnx_metadata
+
+    source = {"model": embedder.spec.model, "adapter": embedder.spec.adapter}
+    spec = embedder.spec.replace(model=str(output.resolve()), adapter=None)
+    with atomic_directory(output) as tmp:
+        agreement = export_onnx(embedder, tmp, quantize)
+        if kind == "openvino":
+            from lmembed.backends.openvino import convert_to_ir
+
+            convert_to_ir(tmp / ONNX_FILE, tmp)
+            (tmp / ONNX_FILE).unlink()
+        embedder.model.config.save_pretrained(tmp)
+        embedder.tokenizer.save_pretrained(tmp)
+        graph = onnx_metadata(quantize, agreement)
+        marker = {"backend": kind, "graph": graph, "exported_from": source}
+        atomic_write_json(tmp / SPEC_FILE, {**spec.to_dict(), **marker})
+    logger.info("%s export: lowest token cosine against torch %.6f", kind, agreement)
     return output
 
 

@@ -152,7 +152,7 @@ def test_split_prompt():
 
 def test_clear_errors(tmp_path, tiny_llama):
     with pytest.raises(ExportError, match="--format must be one of"):
-        export(tmp_path / "x", model=str(tiny_llama), kind="onnx")
+        export(tmp_path / "x", model=str(tiny_llama), kind="tflite")
     with pytest.raises(ExportError, match="needs --adapter"):
         export(tmp_path / "x", model=str(tiny_llama), kind="adapter")
     with pytest.raises(FileNotFoundError, match="not an lmembed adapter"):

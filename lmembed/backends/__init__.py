@@ -1,0 +1,100 @@
+"""Inference backends: the same embedding function on torch, ONNX Runtime or OpenVINO.
+
+``load_encoder`` returns an object with ``Embedder``'s inference interface (``encode``,
+``spec``, ``dimension``), so evaluation, retrieval, the server and the corpus encoder take
+any backend unchanged. For ``onnx``/``openvino`` the model is either a folder written by
+``lmembed export --format onnx|openvino`` or anything ``Embedder`` loads (a model, plus an
+adapter): that is exported once, checked against torch, into ``cache_root()/exports``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from lmembed.export import ExportError, export
+from lmembed.io import cache_root, folder_fingerprint
+from lmembed.model.embedder import Embedder
+from lmembed.model.spec import SPEC_FILE, EmbeddingSpec, resolve_spec
+from lmembed.options import option
+
+logger = logging.getLogger("lmembed")
+
+Backend = Literal["torch", "onnx", "openvino"]
+BACKENDS: tuple[str, ...] = typing.get_args(Backend)
+
+
+@dataclass
+class BackendOptions:
+    """Which engine runs the backbone (tokenization and pooling are always lmembed's)."""
+
+    backend: Backend = option(
+        "torch",
+        "inference engine: torch, onnx (ONNX Runtime, fp32 or an int8 export) or openvino; "
+        "a model that is not an `lmembed export --format onnx|openvino` folder is exported "
+        "once into the cache",
+    )
+
+
+def load_encoder(spec_options: dict[str, Any], backend: Backend = "torch") -> Embedder:
+    """The embedder ``spec_options`` (``EmbeddingSpec`` fields) describe, on ``backend``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    exported = export_backend(spec_options.get("model"))
+    if backend == "torch":
+        if exported is not None and spec_options.get("adapter") is None:
+            raise ExportError(
+                f"{spec_options['model']} is an {exported} export (no torch weights); "
+                f"use --backend {'onnx' if exported == 'onnx' else 'openvino'}"
+            )
+        return Embedder.from_pretrained(**spec_options)
+    spec = resolve_spec(spec_options)
+    folder = Path(spec.model) if exported and spec.adapter is None else cached_export(spec)
+    if backend == "onnx" and export_backend(str(folder)) == "openvino":
+        raise ExportError(f"{folder} holds OpenVINO IR only; use --backend openvino")
+    runtime_spec = spec.replace(model=str(folder), adapter=None, dtype="fp32")
+    if backend == "onnx":
+        from lmembed.backends.onnx import load_onnx
+
+        return load_onnx(folder, runtime_spec)
+    from lmembed.backends.openvino import load_openvino
+
+    return load_openvino(folder, runtime_spec)
+
+
+def export_backend(model: str | None) -> str | None:
+    """``"onnx"``/``"openvino"`` when ``model`` is such an export folder, else ``None``."""
+    path = Path(model) / SPEC_FILE if model else None
+    if path is None or not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8")).get("backend")
+
+
+def cached_export(spec: EmbeddingSpec) -> Path:
+    """An fp32 ONNX export of ``spec``'s weights (model + adapter), made on first use.
+
+    Keyed by what determines the weights, including the files' sizes and mtimes: an
+    adapter retrained in place gets a new export. Prompts, pooling and length are applied
+    at run time, so one export serves them all.
+    """
+    weights = {
+        "model": spec.model,
+        "adapter": spec.adapter,
+        "trust_remote_code": spec.trust_remote_code,
+        "files": [folder_fingerprint(spec.model), folder_fingerprint(spec.adapter)],
+    }
+    key = hashlib.sha256(json.dumps(weights, sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache_root() / "exports" / f"onnx-{key}"
+    if export_backend(str(folder)) is None:
+        logger.info("exporting %s to ONNX in %s (once; later loads reuse it)", spec.model, folder)
+        options = {k: v for k, v in weights.items() if k != "files"}
+        export(folder, kind="onnx", overwrite=True, **options)
+    return folder
+
+
+__all__ = ["BACKENDS", "Backend", "BackendOptions", "export_backend", "load_encoder"]

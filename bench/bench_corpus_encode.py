@@ -210,7 +210,10 @@ def render(result: dict) -> str:
         "",
         f"- Peak RSS of streaming grows by **{growth} MiB** from {small:,} to {large:,} "
         f"texts (in memory: {runs[('memory', small)]['peak_rss_mib']} → "
-        f"{m_large['peak_rss_mib']} MiB).",
+        f"{m_large['peak_rss_mib']} MiB). Streaming holds one shard (texts, tokens, "
+        f"vectors), so its memory follows `--shard-size`, not the input: the {small:,}-text "
+        "run never fills a shard.",
+        "- Every worker runs with 1 torch thread (the line below gives the parent's).",
         f"- Streaming throughput at {large:,} texts: **{ratio:.3f}x** the in-memory call "
         "(target: within 5%).",
         f"- Killed after {kill['killed_after_s']:g} s: {kill['shards_kept']} of "

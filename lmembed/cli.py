@@ -23,6 +23,7 @@ import numpy as np
 
 from lmembed.model.spec import EmbeddingSpec
 from lmembed.options import add_flags, build, given, option
+from lmembed.training.checkpoint import CheckpointWriteError
 from lmembed.training.config import TrainConfig
 
 
@@ -325,8 +326,8 @@ def main(argv: list[str] | None = None) -> None:
             chosen = given(args, args.flat_names)
             options = build(command.options, chosen, f"lmembed {command.name}")
         command.run(spec, options, args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        # Input problems: one clear line, not a traceback.
+    except (ValueError, FileNotFoundError, FileExistsError, CheckpointWriteError) as error:
+        # Input problems and a full disk: one clear line, not a traceback.
         print(f"lmembed {command.name}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

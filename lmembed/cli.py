@@ -17,10 +17,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from lmembed.export import ExportFormat
 from lmembed.model.spec import EmbeddingSpec
 from lmembed.options import add_flags, build, given, option
 from lmembed.training.checkpoint import CheckpointWriteError
@@ -50,7 +51,7 @@ class ExportOptions:
     """``lmembed export``: where and in which format (``dtype`` is the saved weights')."""
 
     output: str = option(None, "folder to write", required=True)
-    format: Literal["sentence-transformers", "merged", "adapter"] = option(
+    format: ExportFormat = option(
         "sentence-transformers", "what to write: a SentenceTransformer folder, merged "
         "transformers weights, or the adapter files alone"
     )

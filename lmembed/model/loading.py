@@ -28,6 +28,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from lmembed.io import atomic_directory, atomic_write_json, cache_root
+from lmembed.model.spec import DEFAULT_MAX_LENGTH, Pooling
 
 logger = logging.getLogger("lmembed")
 
@@ -57,8 +58,8 @@ class PackagedModel:
     package: str
     pip_install: str
     find: Callable[[Path], Path]
-    pooling: str = "last"
-    max_length: int = 128
+    pooling: Pooling = "last"
+    max_length: int = DEFAULT_MAX_LENGTH
 
     def locate(self) -> Path:
         """Path to the model file or folder inside the installed package."""

@@ -7,9 +7,13 @@ left or right padding must give the same vector.
 
 from __future__ import annotations
 
+import typing
+
 import torch
 
-POOLING_METHODS = ("last", "mean")
+from lmembed.model.spec import Pooling
+
+POOLING_METHODS = typing.get_args(Pooling)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from tqdm.auto import tqdm
 
-from lmembed.data.sts import STSTask, load_sts, resolve_data_dir, resolve_tasks
+from lmembed.data.sts import STSTask, is_sts_file, load_sts, resolve_data_dir, resolve_tasks
 from lmembed.io import atomic_write_json, cache_root, folder_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -176,8 +176,9 @@ def evaluate(
     started = time.perf_counter()
     spec = result_spec(encoder.spec.to_dict())
     use_cache = spec.get("adapter") is None if cache is None else cache
-    root = resolve_data_dir(data_dir)
     names = resolve_tasks(tasks)
+    # Own STS files need no data dir; built-in task names do.
+    root = resolve_data_dir(data_dir) if not all(map(is_sts_file, names)) else None
     scores: dict[str, TaskScore] = {}
     bar = tqdm(names, desc="STS", unit="task", disable=not progress)
     for name in bar:

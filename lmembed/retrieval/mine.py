@@ -51,9 +51,13 @@ class MineOptions:
     """Options of ``lmembed mine`` (the embedding options come from ``EmbeddingSpec``)."""
 
     data: str | None = option(
-        None, "pairs file (.jsonl/.csv/.tsv[.gz]): anchor|query|sent0 and positive|pos|sent1"
+        None,
+        "pairs file (.jsonl/.csv/.tsv[.gz]): anchor|query|sent0 and positive|pos|sent1",
+        required=True,
     )
-    output: str | None = option(None, "mined FlagEmbedding jsonl ({query, pos, neg})")
+    output: str | None = option(
+        None, "mined FlagEmbedding jsonl ({query, pos, neg})", required=True
+    )
     corpus: str | None = option(
         None, "texts to mine from (.txt, .jsonl text/title, .csv/.tsv text); default: the positives"
     )

@@ -1,7 +1,7 @@
 """Mining inputs: (anchor, positive) pairs and corpus texts, read strictly.
 
-A stop-gap reader until mining switches to the shared training-data loader: pairs come
-from ``.jsonl``, ``.csv`` or ``.tsv`` (optionally ``.gz``) with an anchor column
+Rows come from the training-data formats (``lmembed.data.formats``: jsonl, csv, tsv,
+parquet, ``.gz``, folders); pairs need an anchor column
 (``anchor``, ``query`` or ``sent0``) and a positive column (``positive``, ``pos`` or
 ``sent1``; in jsonl ``pos`` may be a list, as in FlagEmbedding files). A corpus is
 ``.txt`` (one text a line), ``.jsonl`` (``text``, optional ``title``) or ``.csv``/``.tsv``
@@ -10,14 +10,12 @@ with a ``text`` column.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 from lmembed.data._text import read_text, split_lines
 from lmembed.data.errors import DataError
+from lmembed.data.formats import open_sources
 
 ANCHOR_COLUMNS = ("anchor", "query", "sent0")
 POSITIVE_COLUMNS = ("positive", "pos", "sent1")
@@ -66,47 +64,16 @@ def _existing(path: str | Path) -> Path:
 
 
 def _rows(path: Path, expected: str) -> Iterator[tuple[int, dict]]:
-    """(line, record) for jsonl, csv and tsv files."""
-    name = path.name.lower().removesuffix(".gz")
-    text = read_text(path, expected=expected)
-    if name.endswith(".jsonl"):
-        for number, line in enumerate(split_lines(text), 1):
-            if line.strip():
-                yield number, _json_object(path, number, line)
-        return
-    if not name.endswith((".csv", ".tsv")):
-        raise DataError(path, "unsupported file type", hint="use .jsonl, .csv or .tsv (or .gz)")
-    tsv = name.endswith(".tsv")
-    reader = csv.reader(
-        io.StringIO(text, newline=""),
-        delimiter="\t" if tsv else ",",
-        quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL,
-        strict=True,
-    )
-    try:
-        header = next(reader)
-        for cells in reader:
-            if not cells:
-                continue
-            if len(cells) != len(header):
-                raise DataError(
-                    path,
-                    f"{len(cells)} column(s), the header has {len(header)}",
-                    line=reader.line_num,
-                )
-            yield reader.line_num, dict(zip(header, cells, strict=True))
-    except csv.Error as err:
-        raise DataError(path, f"malformed file ({err})", line=reader.line_num) from None
-
-
-def _json_object(path: Path, line: int, text: str) -> dict:
-    try:
-        record = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as err:
-        raise DataError(path, f"invalid JSON ({err})", line=line) from None
-    if not isinstance(record, dict):
-        raise DataError(path, "expected a JSON object", line=line)
-    return record
+    """(line or row, record) of every non-blank row, read by the training-data formats
+    (jsonl, csv, tsv, parquet, .gz, folders)."""
+    found = False
+    for source in open_sources(path):
+        for number, record, _ in source.scan(source.columns):
+            if record is not None:
+                found = True
+                yield number, dict(record)
+    if not found:
+        raise DataError(path, "no rows", hint=f"expected {expected}")
 
 
 def _pick(path: Path, line: int, record: dict, names: tuple[str, ...]) -> str:

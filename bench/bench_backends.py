@@ -1,0 +1,220 @@
+"""CPU inference: lmembed on torch, ONNX Runtime and OpenVINO against sentence-transformers.
+
+For each model: lmembed's torch ``Embedder`` (fp32), its ONNX export (fp32 and int8 weights,
+``lmembed export --format onnx [--quantize int8]``) run on ONNX Runtime and on OpenVINO,
+and ``SentenceTransformer.encode`` with every backend that loads here (torch; ``onnx`` and
+``openvino`` need optimum, which does not install next to transformers 5, so the error is
+recorded instead). Same texts (the first N distinct STSb test sentences), batch 32 and max
+length (the model's lmembed default) for all; everything lives in this one process and each
+repeat runs the engines in rotated order after one warm-up call each. Speed-ups are per
+repeat against the fastest sentence-transformers backend, summarised as median (min-max).
+Quality: Spearman x100 on the quick STS set (stsb, biosses, sts17) for fp32 and int8.
+
+    flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_backends.py
+
+writes ``bench/results/backends.json`` and the "CPU inference backends" section of
+``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import (
+    alternating,
+    data_dir,
+    environment,
+    environment_block,
+    fmt_ratio,
+    replace_section,
+    save_result,
+    spread,
+    table,
+)
+
+HEADING = "CPU inference backends"
+BATCH = 32
+
+
+def sts_sentences(count: int) -> list[str]:
+    from lmembed.data.sts import load_sts
+
+    task = load_sts("stsb", data_dir())
+    return list(dict.fromkeys([*task.sentences1, *task.sentences2]))[:count]
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return np.einsum("ij,ij->i", a, b)
+
+
+def lmembed_engines(model: str, work: Path) -> tuple[dict, dict]:
+    """lmembed's engines, and the export times (s) of the fp32 and int8 graphs."""
+    from lmembed import Embedder
+    from lmembed.backends import load_encoder
+    from lmembed.export import export
+
+    engines = {"lmembed torch fp32": Embedder.from_pretrained(model, dtype="fp32")}
+    seconds = {}
+    for quantize in (None, "int8"):
+        label = quantize or "fp32"
+        start = time.perf_counter()
+        folder = export(work / label, kind="onnx", quantize=quantize, model=model)
+        seconds[label] = round(time.perf_counter() - start, 1)
+        for backend in ("onnx", "openvino"):
+            engines[f"lmembed {backend} {label}"] = load_encoder({"model": str(folder)}, backend)
+    return engines, seconds
+
+
+def st_engines(model: str, work: Path, max_length: int) -> tuple[dict, dict]:
+    """sentence-transformers on each backend that loads, and the errors of those that don't."""
+    from sentence_transformers import SentenceTransformer
+
+    from lmembed.export import export
+    from lmembed.model.loading import PACKAGED_MODELS
+
+    if model == "all-minilm-l6-v2":
+        folder = PACKAGED_MODELS[model].locate()
+    else:  # lmembed's own sentence-transformers export: EOS in the tokenizer, last token
+        folder = export(work / "st", kind="sentence-transformers", model=model, dtype="fp32")
+    engines, errors = {}, {}
+    for backend in ("torch", "onnx", "openvino"):
+        try:
+            st = SentenceTransformer(str(folder), device="cpu", backend=backend)
+        except Exception as error:  # noqa: BLE001 - recorded in the results as the reason
+            errors[f"sentence-transformers {backend}"] = f"{type(error).__name__}: {error}"[:300]
+            continue
+        st.max_seq_length = max_length
+        engines[f"sentence-transformers {backend} fp32"] = _StEncoder(st)
+    return engines, errors
+
+
+class _StEncoder:
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def encode(self, texts, batch_size=BATCH, show_progress=False, role=None) -> np.ndarray:
+        return np.asarray(
+            self.model.encode(texts, batch_size=batch_size, show_progress_bar=show_progress)
+        )
+
+
+def time_engines(engines: dict, texts: list[str], repeats: int) -> dict[str, list[float]]:
+    """Seconds per engine per repeat (rotated order; one warm-up call each first)."""
+    for engine in engines.values():
+        engine.encode(texts[:BATCH], batch_size=BATCH, show_progress=False)
+    names = list(engines)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        for name in alternating(names, repeat):
+            start = time.perf_counter()
+            engines[name].encode(texts, batch_size=BATCH, show_progress=False)
+            seconds[name].append(time.perf_counter() - start)
+            print(f"  {name}: {seconds[name][-1]:.2f} s", flush=True)
+    return seconds
+
+
+def quick_sts(engines: dict, names: list[str]) -> dict[str, float]:
+    from lmembed.evaluation.sts import evaluate
+
+    scores = {}
+    for name in names:
+        result = evaluate(engines[name], "quick", data_dir(), BATCH, progress=False, cache=False)
+        scores[name] = round(result.average_over(["stsb", "biosses", "sts17"]), 2)
+    return scores
+
+
+def bench_model(model: str, count: int, repeats: int, quality: bool) -> dict:
+    from lmembed.model.loading import PACKAGED_MODELS
+
+    max_length = PACKAGED_MODELS[model].max_length
+    texts = sts_sentences(count)
+    with tempfile.TemporaryDirectory(prefix="bench-backends-") as tmp:
+        engines, export_s = lmembed_engines(model, Path(tmp))
+        theirs, errors = st_engines(model, Path(tmp), max_length)
+        engines.update(theirs)
+        reference = engines["lmembed torch fp32"].encode(texts, batch_size=BATCH)
+        agreement = {
+            name: round(float(cosines(e.encode(texts, batch_size=BATCH), reference).min()), 6)
+            for name, e in engines.items()
+        }
+        seconds = time_engines(engines, texts, repeats)
+        scores = quick_sts(engines, ["lmembed onnx fp32", "lmembed onnx int8"]) if quality else {}
+    fastest_st = min(theirs, key=lambda name: statistics.median(seconds[name]))
+    ratios = {
+        name: spread([b / a for a, b in zip(seconds[name], seconds[fastest_st], strict=True)])
+        for name in engines
+    }
+    return {
+        "model": model, "texts": len(texts), "batch_size": BATCH, "max_length": max_length,
+        "repeats": repeats, "export_seconds": export_s, "unavailable": errors,
+        "seconds": {name: spread(values) for name, values in seconds.items()},
+        "texts_per_s": {n: round(len(texts) / statistics.median(v), 1) for n, v in seconds.items()},
+        "vs_fastest_st": ratios, "fastest_st": fastest_st,
+        "min_cosine_vs_torch": agreement, "quick_sts": scores,
+    }  # fmt: skip
+
+
+def section(results: list[dict], env: dict) -> str:
+    parts = [
+        environment_block(env, target="bench/bench_backends.py"),
+        "",
+        "Texts: the first N distinct STSb test sentences; batch 32; max length = the model's "
+        "lmembed default (MiniLM 256, gemma 128); all fp32 unless marked int8 (ONNX Runtime "
+        "dynamic quantisation: int8 weights per channel, activations quantised per batch). "
+        "One process; every repeat runs the engines in rotated order after a warm-up call. "
+        "Speed-up: the fastest sentence-transformers backend's time over the engine's, per "
+        "repeat, median (min-max). Cosine: lowest over the texts against lmembed torch fp32.",
+    ]
+    for result in results:
+        rows = [
+            [
+                name,
+                f"{result['seconds'][name]['median']:.2f}",
+                f"{result['texts_per_s'][name]:.0f}",
+                fmt_ratio(result["vs_fastest_st"][name]),
+                f"{result['min_cosine_vs_torch'][name]:.6f}",
+            ]
+            for name in result["seconds"]
+        ]
+        header = ["engine", "s (median)", "texts/s", "vs fastest ST", "min cosine"]
+        parts += [
+            "",
+            f"**{result['model']}**, {result['texts']} texts, {result['repeats']} repeats; "
+            f"export took {result['export_seconds']['fp32']} s (fp32) and "
+            f"{result['export_seconds']['int8']} s (int8).",
+            "",
+            table(header, rows),
+        ]
+        if result["quick_sts"]:
+            scores = ", ".join(f"{k}: {v:.2f}" for k, v in result["quick_sts"].items())
+            parts += ["", f"Quick STS (Spearman x100, average of 3): {scores}."]
+        for name, error in result["unavailable"].items():
+            parts += ["", f"{name}: not measured, it fails to load here: `{error}`"]
+    return "\n".join(parts) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="all-minilm-l6-v2,gemma-3-270m")
+    parser.add_argument("--texts", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-quality", action="store_true", help="skip the quick STS scores")
+    args = parser.parse_args()
+    env = environment()
+    results = []
+    for model in args.models.split(","):
+        print(f"{model}:", flush=True)
+        results.append(bench_model(model, args.texts, args.repeats, not args.no_quality))
+        save_result("backends", {"environment": env, "results": results})
+    replace_section(HEADING, section(results, env))
+
+
+if __name__ == "__main__":
+    main()

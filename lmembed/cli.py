@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from lmembed.backends import BackendOptions
 from lmembed.export import ExportFormat
 from lmembed.model.spec import EmbeddingSpec
 from lmembed.options import add_flags, build, given, option
@@ -90,6 +91,14 @@ class DownloadOptions:
     nli: bool = option(True, "also fetch SimCSE's NLI training triplets")
 
 
+def _load(spec: dict[str, Any]) -> Any:
+    """The embedder the embedding flags describe, on the ``--backend`` engine."""
+    from lmembed.backends import load_encoder
+
+    options = dict(spec)
+    return load_encoder(options, options.pop("backend", None) or "torch")
+
+
 def cmd_train(spec: dict[str, Any], options: TrainConfig | None, args: argparse.Namespace) -> None:
     from lmembed.training.config import load_config
     from lmembed.training.trainer import train
@@ -105,12 +114,11 @@ def cmd_encode(spec: dict[str, Any], options: Any, args: argparse.Namespace) -> 
     """``--output X.npy``: a small text file in memory; ``--output DIR``: sharded corpus."""
     from lmembed.encoding import encode_corpus
     from lmembed.io import atomic_write_bytes
-    from lmembed.model.embedder import Embedder
     from lmembed.quantization import shrink
 
     if not options.input or not options.output:
         raise ValueError("give --input FILE and --output (a .npy file or a folder)")
-    embedder = Embedder.from_pretrained(**spec)
+    embedder = _load(spec)
     if not options.output.endswith(".npy"):
         print(f"manifest: {encode_corpus(embedder, options)}")
         return
@@ -130,12 +138,12 @@ def cmd_eval(spec: dict[str, Any], options: EvalOptions, args: argparse.Namespac
     from lmembed.data.retrieval import split_tasks
     from lmembed.evaluation import evaluate
     from lmembed.evaluation.retrieval import evaluate_retrieval
-    from lmembed.model.embedder import Embedder
+    from lmembed.model.spec import resolve_spec
 
     selection = split_tasks(options.tasks)
     retrieval_tasks = [*selection.retrieval, *options.retrieval]
 
-    def score(embedder: Embedder) -> tuple[Any, Any]:
+    def score(embedder: Any) -> tuple[Any, Any]:
         sts = retrieval = None
         if selection.sts:
             sts = evaluate(embedder, selection.sts, options.data_dir, options.batch_size)
@@ -145,13 +153,12 @@ def cmd_eval(spec: dict[str, Any], options: EvalOptions, args: argparse.Namespac
             )
         return sts, retrieval
 
-    embedder = Embedder.from_pretrained(**spec)
-    tuned_spec = embedder.spec
-    sts, retrieval = score(embedder)
+    sts, retrieval = score(_load(spec))
     base = (None, None)
     if options.compare_base:
-        del embedder
-        base = score(Embedder.from_spec(tuned_spec.replace(adapter=None)))
+        chosen = {k: v for k, v in spec.items() if k != "backend"}
+        base_spec = resolve_spec(chosen).replace(adapter=None).to_dict()
+        base = score(_load({**base_spec, "backend": spec.get("backend")}))
     print(_eval_tables(sts, retrieval, *base))
     if options.output:
         from lmembed.io import atomic_write_json
@@ -227,14 +234,13 @@ def cmd_mine(spec: dict[str, Any], options: Any, args: argparse.Namespace) -> No
 
 
 def cmd_serve(spec: dict[str, Any], options: Any, args: argparse.Namespace) -> None:
-    from lmembed.model.embedder import Embedder
     from lmembed.serving import require_serve_extra, serve
 
     try:
         require_serve_extra()
     except ImportError as error:
         raise SystemExit(f"lmembed serve: error: {error}") from None
-    serve(Embedder.from_pretrained(**spec), options)
+    serve(_load(spec), options)
 
 
 @dataclass(frozen=True)
@@ -246,6 +252,7 @@ class Command:
     run: Callable[[dict[str, Any], Any, argparse.Namespace], None]
     options: type | None = None
     embedding: bool = False  # takes the EmbeddingSpec flags
+    backend: bool = False  # takes --backend (torch, onnx, openvino)
 
 
 def _server_config() -> type:
@@ -271,9 +278,10 @@ def commands() -> list[Command]:
         Command("train", "fine-tune a model with LoRA (flags override --config)", cmd_train,
                 TrainConfig),
         Command("encode", "embed texts: a .txt file into a .npy, or a corpus of any size "
-                "into shards + manifest", cmd_encode, _encode_options(), embedding=True),
-        Command("eval", "Spearman x100 on the STS benchmarks", cmd_eval, EvalOptions,
-                embedding=True),
+                "into shards + manifest", cmd_encode, _encode_options(), embedding=True,
+                backend=True),
+        Command("eval", "STS (Spearman x100) and retrieval scores", cmd_eval, EvalOptions,
+                embedding=True, backend=True),
         Command("data download", "fetch STS + NLI from the hub", cmd_download, DownloadOptions),
         Command("demo", "fine-tune gemma-3-270m and report before/after", cmd_demo, DemoOptions),
         Command("ablate", "train and score a sweep of training options", cmd_ablate,
@@ -283,7 +291,7 @@ def commands() -> list[Command]:
         Command("mine", "mine hard negatives for (anchor, positive) pairs into a file "
                 "`lmembed train` reads", cmd_mine, _mine_options(), embedding=True),
         Command("serve", "OpenAI-compatible embeddings server (lmembed[serve])", cmd_serve,
-                _server_config(), embedding=True),
+                _server_config(), embedding=True, backend=True),
     ]  # fmt: skip
 
 
@@ -306,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
         spec_names: list[str] = []
         if command.embedding:
             spec_names = add_flags(sub, EmbeddingSpec, group="embedding (default: the adapter's)")
+        if command.backend:
+            spec_names += add_flags(sub, BackendOptions, group="inference engine")
         flat_names = add_flags(sub, command.options) if command.options else []
         if command.options is TrainConfig:
             sub.add_argument("--config", help="YAML file of train options (flags override it)")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from lmembed import cli
+from lmembed.backends import BackendOptions
 from lmembed.model.spec import EmbeddingSpec, resolve_spec
 from lmembed.options import build, flat_fields, option
 from lmembed.training.config import TrainConfig
@@ -38,6 +39,8 @@ def test_every_flag_of_every_command_is_a_declared_option():
         declared = {f.name for f in flat_fields(command.options)}
         if command.embedding:
             declared |= {f.name for f in flat_fields(EmbeddingSpec)}
+        if command.backend:
+            declared |= {f.name for f in flat_fields(BackendOptions)}
         if command.options is TrainConfig:
             declared.add("config")  # the YAML file the flags override
         assert _dests(parser) == declared, name

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -57,6 +57,9 @@ class ExportOptions:
         "transformers weights, or the adapter files alone"
     )
     overwrite: bool = option(False, "replace a non-empty --output")
+    quantize: Literal["int8"] | None = option(
+        None, "int8 weights for --format onnx|openvino (ONNX Runtime dynamic quantisation)"
+    )
 
 
 @dataclass
@@ -221,7 +224,9 @@ def cmd_ablate(spec: dict[str, Any], options: AblateOptions, args: argparse.Name
 def cmd_export(spec: dict[str, Any], options: ExportOptions, args: argparse.Namespace) -> None:
     from lmembed.export import export
 
-    output = export(options.output, options.format, options.overwrite, **spec)
+    output = export(
+        options.output, options.format, options.overwrite, quantize=options.quantize, **spec
+    )
     print(f"wrote {options.format} export to {output}")
 
 

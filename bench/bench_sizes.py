@@ -16,10 +16,12 @@ against size" section of ``docs/benchmarks.md``.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 from common import (
     IMAGES,
+    RESULTS,
     data_dir,
     environment,
     environment_block,
@@ -40,9 +42,18 @@ def main() -> None:
     parser.add_argument("--dims", default="576,256,128,64")
     parser.add_argument("--precisions", default="float32,int8,binary")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--from-results", action="store_true",
+                        help="only rewrite the docs section from bench/results/sizes.json")
     args = parser.parse_args()
 
-    from lmembed.evaluation.sizes import evaluate_sizes
+    from lmembed.evaluation.sizes import SizeRow, SizeTable, evaluate_sizes
+
+    if args.from_results:
+        result = json.loads((RESULTS / "sizes.json").read_text())
+        rows = [SizeRow(r["dims"], r["precision"], r["bytes"], r["scores"]) for r in result["rows"]]
+        write_docs(SizeTable(result["spec"], rows), result)
+        return
+
     from lmembed.model import Embedder
 
     embedder = Embedder.from_pretrained(model=args.model, adapter=args.adapter)
@@ -56,14 +67,25 @@ def main() -> None:
         batch_size=args.batch_size,
     )
     elapsed = time.perf_counter() - started
-    result = {"environment": environment(), "elapsed_s": round(elapsed, 1), **table.to_dict()}
+    result = {"environment": environment(), "elapsed_s": round(elapsed, 1), "tasks": args.tasks,
+              **table.to_dict()}  # fmt: skip
     save_result("sizes", result)
+    write_docs(table, result)
+
+
+def write_docs(table, result: dict) -> None:
+    """The plot and the "Quality against size" section, from one run's result."""
     atomic_write_bytes(IMAGES / "bench-sizes.png", table.plot())
-    label = args.model + (f" + adapter {args.adapter}" if args.adapter else " (base)")
+    spec = result["spec"]
+    label = spec["model"] + (f" + adapter {spec['adapter']}" if spec.get("adapter") else " (base)")
     body = "\n".join([
-        f"STS Spearman x100 of {label} at each size and precision ({args.tasks} tasks; "
-        "int8 ranges calibrated on each task's own sentences; binary scored by Hamming "
-        f"distance). One encoding pass, {elapsed / 60:.1f} min.",
+        f"STS Spearman x100 of {label} at each size and precision "
+        f"({result.get('tasks', 'quick')} tasks; int8 ranges calibrated on each task's own "
+        "sentences; binary scored by Hamming distance). One encoding pass, "
+        f"{result['elapsed_s'] / 60:.1f} min."
+        + ("" if spec.get("adapter") else " The base model has no contrastive training, so "
+           "the rows show what truncation and quantisation cost, not a usable embedding; "
+           "rerun with a Matryoshka-trained `--adapter` for the sizes it was trained for."),
         "",
         table.to_markdown(),
         "![quality against size](img/bench-sizes.png)",

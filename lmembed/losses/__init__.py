@@ -1,15 +1,39 @@
 """Contrastive losses, one per file; each is a function of embeddings."""
 
+from collections.abc import Sequence
+
+import torch
+
 from lmembed.losses.infonce import InfoNCELoss, info_nce
+from lmembed.losses.matryoshka import MatryoshkaLoss, matryoshka_loss
 from lmembed.losses.triplet import TripletLoss, triplet_margin
 
-__all__ = ["InfoNCELoss", "TripletLoss", "build_loss", "info_nce", "triplet_margin"]
+__all__ = [
+    "InfoNCELoss",
+    "MatryoshkaLoss",
+    "TripletLoss",
+    "build_loss",
+    "info_nce",
+    "matryoshka_loss",
+    "triplet_margin",
+]
 
 
-def build_loss(name: str, temperature: float, margin: float) -> InfoNCELoss | TripletLoss:
-    """The loss module a config names (``TrainConfig`` validates the combination)."""
+def build_loss(
+    name: str,
+    temperature: float,
+    margin: float,
+    matryoshka_dims: Sequence[int] = (),
+    matryoshka_weights: Sequence[float] | None = None,
+) -> torch.nn.Module:
+    """The loss module a config names (``TrainConfig`` validates the combination);
+    with ``matryoshka_dims``, summed over those truncations."""
     if name == "infonce":
-        return InfoNCELoss(temperature)
-    if name == "triplet":
-        return TripletLoss(margin)
-    raise ValueError(f"loss must be 'infonce' or 'triplet', got {name!r}")
+        loss: torch.nn.Module = InfoNCELoss(temperature)
+    elif name == "triplet":
+        loss = TripletLoss(margin)
+    else:
+        raise ValueError(f"loss must be 'infonce' or 'triplet', got {name!r}")
+    if matryoshka_dims:
+        return MatryoshkaLoss(loss, matryoshka_dims, matryoshka_weights or None)
+    return loss

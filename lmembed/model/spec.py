@@ -51,6 +51,11 @@ class EmbeddingSpec:
     dtype: DType = option("bf16", "backbone dtype (LoRA weights train in fp32)")
     append_eos: bool = option(True, "append the EOS token to every text (the paper's recipe)")
     trust_remote_code: bool = option(False, "allow the model's own code (MiniCPM)")
+    matryoshka_dims: list[int] = option(
+        [],
+        "sizes the embedding was trained to keep working at when truncated (train: the "
+        "Matryoshka loss sums InfoNCE over these prefixes, e.g. 640,256,128,64)",
+    )
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -60,6 +65,8 @@ class EmbeddingSpec:
                 raise ValueError(f"{name} template must contain '{{s}}', got {template!r}")
         if self.max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {self.max_length}")
+        if isinstance(self.matryoshka_dims, str):
+            self.matryoshka_dims = [int(d) for d in self.matryoshka_dims.split(",") if d.strip()]
 
     def template(self, role: Role | None = None) -> str | None:
         """The prompt template for texts of ``role`` (``None``: the symmetric prompt)."""

@@ -118,7 +118,8 @@ def create_app(embedder: Embedder, config: ServerConfig, batcher: MicroBatcher |
     async def embeddings(request: Request) -> Response:
         check_bearer(request.headers.get("authorization"), keys)
         body = await _read_body(request, config.max_request_bytes)
-        parsed = parse_request(body, config, embedder.dimension)
+        trained = getattr(embedder.spec, "matryoshka_dims", ())
+        parsed = parse_request(body, config, embedder.dimension, trained)
         try:
             future = batcher.submit(parsed.texts, parsed.role)
         except QueueFullError as error:
@@ -130,6 +131,8 @@ def create_app(embedder: Embedder, config: ServerConfig, batcher: MicroBatcher |
         except Exception as error:  # the model failed on every text, or the worker died
             logger.error("embeddings request failed: server fault", exc_info=error)
             raise _fault(error) from None
+        if parsed.dimensions is not None:
+            vectors = unit_rows(vectors[:, : parsed.dimensions])
         payload = embedding_response(vectors, counts, parsed.encoding_format, name)
         return Response(json.dumps(payload), media_type="application/json")
 

@@ -27,6 +27,9 @@ class ServerConfig:
     max_queue: int = option(4096, "most texts waiting to be encoded (else 503, Retry-After)")
     max_request_bytes: int = option(8 * 1024 * 1024, "largest request body in bytes (else 413)")
     normalize: bool = option(True, "return unit-length vectors, as OpenAI does")
+    allow_any_dims: bool = option(
+        False, "accept any 'dimensions' (truncate), not only the trained Matryoshka sizes"
+    )
     api_keys: list[str] = option(
         [],
         f"accepted 'Authorization: Bearer' keys (repeat the flag; also ${API_KEY_ENV}, "

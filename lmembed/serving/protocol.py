@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,9 +48,12 @@ class EmbeddingRequest:
     texts: list[str]
     encoding_format: str
     role: Role | None = None
+    dimensions: int | None = None
 
 
-def parse_request(body: bytes, config: ServerConfig, dimension: int) -> EmbeddingRequest:
+def parse_request(
+    body: bytes, config: ServerConfig, dimension: int, trained_dims: Sequence[int] = ()
+) -> EmbeddingRequest:
     """Validate an embeddings request body, raising ``ApiError(400)`` with the reason."""
     try:
         data = json.loads(body)
@@ -68,14 +72,31 @@ def parse_request(body: bytes, config: ServerConfig, dimension: int) -> Embeddin
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise ApiError(400, "'model' must be a string", "model")
-    dimensions = data.get("dimensions")
-    if dimensions is not None and (type(dimensions) is not int or dimensions != dimension):
+    dimensions = _dimensions(data.get("dimensions"), config, dimension, trained_dims)
+    return EmbeddingRequest(texts, encoding_format, _role(data.get("input_type")), dimensions)
+
+
+def _dimensions(
+    value: Any, config: ServerConfig, dimension: int, trained_dims: Sequence[int]
+) -> int | None:
+    """``dimensions``: the model's size, a size it was trained for (Matryoshka), or with
+    ``allow_any_dims`` any size up to the model's; the vectors are then truncated."""
+    if value is None or value == dimension and type(value) is int:
+        return None
+    allowed = sorted({dimension, *trained_dims})
+    if type(value) is not int or value < 1 or value > dimension:
         raise ApiError(
-            400,
-            f"'dimensions' must be {dimension} (this model's size), got {_short(dimensions)}",
+            400, f"'dimensions' must be an integer in 1..{dimension}, got {_short(value)}",
             "dimensions",
         )
-    return EmbeddingRequest(texts, encoding_format, _role(data.get("input_type")))
+    if value not in allowed and not config.allow_any_dims:
+        raise ApiError(
+            400,
+            f"'dimensions' {value} was not trained (Matryoshka sizes: {allowed}); start the "
+            "server with --allow-any-dims to truncate anyway",
+            "dimensions",
+        )
+    return value
 
 
 def _role(value: Any) -> Role | None:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from lmembed.data.training import DataOptions
+from lmembed.losses.matryoshka import check_dims
 from lmembed.model.lora import LoraOptions
 from lmembed.model.spec import EmbeddingSpec, resolve_spec
 from lmembed.options import build, check_choices, flat_dict, flat_fields, nested, option
@@ -46,6 +47,9 @@ class TrainConfig:
     temperature: float = option(0.05, "InfoNCE temperature")
     margin: float = option(0.2, "triplet loss margin on cosine distance")
     hard_negatives: bool = option(True, "use the data's negatives as extra candidates")
+    matryoshka_weights: list[float] = option(
+        [], "weight of each --matryoshka-dims size in the summed loss (default: all 1)"
+    )
     lora: LoraOptions = nested(LoraOptions, prefix="lora", help="the LoRA adapter")
     seed: int = option(42, "seed for data order, LoRA init and dropout")
     save_every: int = option(100, "checkpoint every N steps (0: only at the end)")
@@ -64,6 +68,10 @@ class TrainConfig:
             )
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.embedding.matryoshka_dims:
+            check_dims(self.embedding.matryoshka_dims, self.matryoshka_weights or None)
+        elif self.matryoshka_weights:
+            raise ValueError("--matryoshka-weights needs --matryoshka-dims")
         if self.loss == "triplet" and not self.hard_negatives:
             raise ValueError("the triplet loss needs hard negatives (drop --no-hard-negatives)")
 

@@ -146,7 +146,13 @@ def _train(config: TrainConfig, data: TrainingData | None, job: Distributed) -> 
     check_sharding(config.batch_size, [len(d) for d in data.datasets], n_steps, job.world_size)
     embedder = build_embedder(config).to(job.device)
     seed_dropout(config.seed, job)
-    loss_fn = build_loss(config.loss, config.temperature, config.margin)
+    loss_fn = build_loss(
+        config.loss,
+        config.temperature,
+        config.margin,
+        config.embedding.matryoshka_dims,
+        config.matryoshka_weights,
+    )
     trainable = [p for p in embedder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(config.warmup, n_steps), n_steps)

@@ -126,7 +126,7 @@ BAD_REQUESTS = {
     "lone surrogate": (b'{"input": ["ok", "a\\ud800b"]}', 400, "input[1] is not valid Unicode"),
     "bad format": (b'{"input": "a", "encoding_format": "int8"}', 400, "encoding_format"),
     "bad model": (b'{"input": "a", "model": 7}', 400, "'model' must be a string"),
-    "dimensions": (b'{"input": "a", "dimensions": 8}', 400, "'dimensions' must be 32"),
+    "dimensions": (b'{"input": "a", "dimensions": 8}', 400, "'dimensions' 8 was not trained"),
     "input_type": (b'{"input": "a", "input_type": "search"}', 400, "'input_type' must be"),
     "huge body": (json.dumps({"input": ["a" * 900] * 30}).encode(), 413, "over the limit"),
 }
@@ -343,3 +343,18 @@ def test_serve_flags_come_from_server_config():
         batch_window_ms=2.5,
     )  # fmt: skip
     assert build(ServerConfig, given(parser.parse_args([]), names)) == ServerConfig()
+
+
+def test_dimensions_truncate_to_trained_sizes_only(embedder):
+    trained = Embedder(
+        embedder.model, embedder.tokenizer, embedder.spec.replace(matryoshka_dims=[16])
+    )
+    full = trained.encode(TEXTS[:2])
+    with running(create_app(trained, ServerConfig())) as base:
+        rows = _rows(_post(base, {"input": TEXTS[:2], "dimensions": 16}))
+        _close(rows, unit_rows(full[:, :16]))
+        untrained = _post(base, {"input": TEXTS[:2], "dimensions": 8})
+        assert untrained.status_code == 400 and "--allow-any-dims" in untrained.text
+        assert _post(base, {"input": "a", "dimensions": 10_000}).status_code == 400
+    with running(create_app(trained, ServerConfig(allow_any_dims=True))) as base:
+        _close(_rows(_post(base, {"input": TEXTS[:2], "dimensions": 8})), unit_rows(full[:, :8]))

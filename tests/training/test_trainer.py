@@ -163,3 +163,25 @@ def test_sampler_covers_each_triplet_once_per_epoch():
     assert sorted(seen) == list(range(30))
     assert batch_indices(30, 8, 3, 4) != batch_indices(30, 8, 3, 0)
     assert batch_indices(30, 8, 3, 5) == batch_indices(30, 8, 3, 5)
+
+
+def test_matryoshka_training_saves_its_dims_and_uses_the_summed_loss(
+    tiny_llama, triplets_csv, tmp_path, monkeypatch
+):
+    from lmembed.losses import MatryoshkaLoss
+
+    built = []
+    original = trainer_module.build_loss
+
+    def spy(*args):
+        built.append(original(*args))
+        return built[-1]
+
+    monkeypatch.setattr(trainer_module, "build_loss", spy)
+    output = tmp_path / "run"
+    config = _config(tiny_llama, triplets_csv, output, steps=2, matryoshka_dims=[16, 8])
+    train(config)
+    assert isinstance(built[0], MatryoshkaLoss) and built[0].dims == [16, 8]
+    assert Embedder.from_pretrained(adapter=output).spec.matryoshka_dims == [16, 8]
+    with pytest.raises(ValueError, match="needs --matryoshka-dims"):
+        config.replace(matryoshka_dims=[], matryoshka_weights=[1.0])

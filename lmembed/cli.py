@@ -22,9 +22,10 @@ from typing import Any, Literal
 import numpy as np
 
 from lmembed.backends import BackendOptions
+from lmembed.evaluation.sizes import SizeOptions
 from lmembed.export import ExportFormat
 from lmembed.model.spec import EmbeddingSpec
-from lmembed.options import add_flags, build, given, option
+from lmembed.options import add_flags, build, given, nested, option
 from lmembed.training.checkpoint import CheckpointWriteError
 from lmembed.training.config import TrainConfig
 
@@ -45,6 +46,9 @@ class EvalOptions:
     output: str | None = option(None, "write the results JSON here")
     compare_base: bool = option(False, "also score the base model and show the delta per task")
     batch_size: int = option(32, "texts per forward pass")
+    sizes: SizeOptions = nested(
+        SizeOptions, prefix="", help="score at several sizes and precisions instead"
+    )
 
 
 @dataclass
@@ -145,6 +149,9 @@ def cmd_eval(spec: dict[str, Any], options: EvalOptions, args: argparse.Namespac
 
     selection = split_tasks(options.tasks)
     retrieval_tasks = [*selection.retrieval, *options.retrieval]
+    if options.sizes.dims or options.sizes.precision != ["float32"]:
+        _eval_sizes(spec, options, selection.sts, retrieval_tasks)
+        return
 
     def score(embedder: Any) -> tuple[Any, Any]:
         sts = retrieval = None
@@ -168,6 +175,23 @@ def cmd_eval(spec: dict[str, Any], options: EvalOptions, args: argparse.Namespac
 
         atomic_write_json(options.output, _eval_json(sts, retrieval, *base))
         print(f"results written to {options.output}")
+
+
+def _eval_sizes(
+    spec: dict[str, Any], options: EvalOptions, sts: list[str], retrieval: list[str]
+) -> None:
+    """``--dims``/``--precision``: one table (and plot) of every size x precision."""
+    from lmembed.evaluation.sizes import evaluate_sizes
+
+    sizes = options.sizes
+    table = evaluate_sizes(
+        _load(spec), sizes.dims, sizes.precision, sts, options.data_dir, retrieval,
+        options.batch_size,
+    )  # fmt: skip
+    print(table.to_markdown())
+    if options.output:
+        paths = table.save(Path(options.output).with_suffix(""))
+        print("results written to " + ", ".join(str(p) for p in paths))
 
 
 def _eval_json(sts: Any, retrieval: Any, base_sts: Any, base_retrieval: Any) -> dict[str, Any]:

@@ -115,3 +115,24 @@ def test_encode_command_writes_what_the_embedder_gives(tiny_llama, tmp_path):
         [texts[0], texts[2]], role="query"
     )
     np.testing.assert_allclose(np.load(tmp_path / "v.npy"), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_eval_scores_an_own_sts_file_at_several_sizes(tiny_llama, tmp_path, capsys):
+    import json
+
+    rows = [("a man plays a guitar .", "a man plays music .", 4.5),
+            ("a dog runs .", "a cat sleeps .", 1.0),
+            ("the sky is blue .", "the sky is clear .", 3.5),
+            ("two kids swim .", "stocks fell today .", 0.0)]  # fmt: skip
+    path = tmp_path / "pairs.tsv"
+    lines = ["sentence1\tsentence2\tscore"] + [f"{a}\t{b}\t{s}" for a, b, s in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    flags = ["--model", str(tiny_llama), "--dtype", "fp32", "--tasks", str(path)]
+    cli.main(["eval", *flags, "--output", str(tmp_path / "plain.json")])
+    plain = json.loads((tmp_path / "plain.json").read_text())
+    assert list(plain["tasks"]) and plain["tasks"][next(iter(plain["tasks"]))]["pairs"] == 4
+    capsys.readouterr()
+    cli.main(["eval", *flags, "--dims", "16,8", "--precision", "float32,int8"])
+    table = capsys.readouterr().out
+    for row in ("| 16 | float32 |", "| 16 | int8 |", "| 8 | float32 |", "| 8 | int8 |"):
+        assert row in table, table

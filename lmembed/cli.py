@@ -121,7 +121,7 @@ def cmd_encode(spec: dict[str, Any], options: Any, args: argparse.Namespace) -> 
     """``--output X.npy``: a small text file in memory; ``--output DIR``: sharded corpus."""
     from lmembed.encoding import encode_corpus
     from lmembed.io import atomic_write_bytes
-    from lmembed.quantization import shrink
+    from lmembed.quantization import save_ranges, shrink
 
     if not options.input or not options.output:
         raise ValueError("give --input FILE and --output (a .npy file or a folder)")
@@ -134,7 +134,9 @@ def cmd_encode(spec: dict[str, Any], options: Any, args: argparse.Namespace) -> 
     if not texts:
         raise SystemExit(f"{options.input}: no non-empty lines to encode")
     vectors = embedder.encode(texts, batch_size=options.batch_size, role=options.role)
-    codes, _ = shrink(vectors, options.dims, options.precision, options.normalize)
+    codes, ranges = shrink(vectors, options.dims, options.precision, options.normalize)
+    if ranges is not None:  # int8/uint8: later batches must reuse these ranges
+        save_ranges(Path(options.output).with_suffix(".ranges.npy"), ranges)
     buffer = io.BytesIO()
     np.save(buffer, codes)
     atomic_write_bytes(options.output, buffer.getvalue())

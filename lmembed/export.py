@@ -206,7 +206,19 @@ def _st_readme(spec: EmbeddingSpec) -> str:
         'vectors = model.encode(["A man plays guitar."])\n```\n\n'
         "The tokenizer appends EOS itself and inserts the text after `{s}` in the prompt; "
         "the text before `{s}` is the default sentence-transformers prompt (passing another "
-        "`prompt` replaces it).\n"
+        "`prompt` replaces it).\n" + _matryoshka_readme(spec)
+    )
+
+
+def _matryoshka_readme(spec: EmbeddingSpec) -> str:
+    """The trained Matryoshka sizes and how sentence-transformers users truncate to one."""
+    if not spec.matryoshka_dims:
+        return ""
+    dims = ", ".join(map(str, spec.matryoshka_dims))
+    smallest = min(spec.matryoshka_dims)
+    return (
+        f"\nMatryoshka dims (trained to work truncated): {dims}. Load with "
+        f'`SentenceTransformer("path/to/this/folder", truncate_dim={smallest})`.\n'
     )
 
 
@@ -343,6 +355,7 @@ def _write_st_config(
             "model_type": "SentenceTransformer",
             "prompts": prompts,
             "default_prompt_name": default,
+            "matryoshka_dims": spec.matryoshka_dims or None,
             "similarity_fn_name": "cosine",
         },
     )

@@ -61,6 +61,9 @@ class ExportOptions:
         "transformers weights, or the adapter files alone"
     )
     overwrite: bool = option(False, "replace a non-empty --output")
+    normalize: bool = option(
+        True, "sentence-transformers: unit-length vectors (a Normalize module), as encode gives"
+    )
     quantize: Literal["int8"] | None = option(
         None, "int8 weights for --format onnx|openvino (ONNX Runtime dynamic quantisation)"
     )
@@ -251,7 +254,12 @@ def cmd_export(spec: dict[str, Any], options: ExportOptions, args: argparse.Name
     from lmembed.export import export
 
     output = export(
-        options.output, options.format, options.overwrite, quantize=options.quantize, **spec
+        options.output,
+        options.format,
+        options.overwrite,
+        quantize=options.quantize,
+        normalize=options.normalize,
+        **spec,
     )
     print(f"wrote {options.format} export to {output}")
 

@@ -80,7 +80,9 @@ class EncodeCorpusOptions:
     shard_size: int = option(100_000, "rows per shard (the unit of resume and of parallelism)")
     dims: int | None = option(None, "keep the first DIMS coordinates (Matryoshka truncation)")
     precision: Precision = option("float32", "stored precision (sentence-transformers semantics)")
-    normalize: bool = option(False, "L2-normalise each vector after truncation, before quantising")
+    normalize: bool = option(
+        True, "unit-length vectors (after truncation, before quantising), as the server gives"
+    )
     shard_format: ShardFormat = option("npy", "npy: vectors + ids .npy; parquet: id + embedding")
     batch_size: int = option(32, "texts per forward pass")
     role: Role | None = option(None, "prompt role: query or document (default: the plain prompt)")

@@ -39,6 +39,7 @@ Quantize = Literal["int8"]
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", SPEC_FILE)
 ST_POOLING = {"last": "lasttoken", "mean": "mean"}
 ST_TRANSFORMER = "sentence_transformers.base.modules.transformer.Transformer"
+ST_NORMALIZE = "sentence_transformers.base.modules.normalize.Normalize"
 ST_POOLING_MODULE = "sentence_transformers.sentence_transformer.modules.pooling.Pooling"
 # sentence-transformers' prompt names for encode_query / encode_document.
 ST_PROMPT_NAMES = ("query", "document")
@@ -53,6 +54,7 @@ def export(
     kind: ExportFormat = "sentence-transformers",
     overwrite: bool = False,
     quantize: Quantize | None = None,
+    normalize: bool = True,
     **spec_options: Any,
 ) -> Path:
     """Write the embedder ``spec_options`` describe to ``output`` as ``kind``; returns it.
@@ -63,6 +65,8 @@ def export(
     rounds once. An existing non-empty ``output`` is replaced only with ``overwrite``
     (it could be the training run itself). ``onnx``/``openvino`` graphs compute in fp32
     whatever ``dtype`` says; ``quantize="int8"`` stores their weights in int8.
+    ``normalize`` (sentence-transformers): end with a Normalize module, so ``encode``
+    returns unit vectors as ``lmembed encode`` and the server do by default.
     """
     if kind not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {kind!r}")
@@ -87,7 +91,7 @@ def export(
     embedder.spec = spec
     if kind == "merged":
         return _write_merged(embedder, output)
-    return _write_sentence_transformers(embedder, output)
+    return _write_sentence_transformers(embedder, output, normalize)
 
 
 def _copy_adapter(adapter: str | Path | None, model: str | None, output: Path) -> Path:
@@ -178,7 +182,7 @@ def st_prompts(spec: EmbeddingSpec) -> tuple[dict[str, str], str | None, str]:
     return prompts, default if symmetric[0] else None, suffixes.pop()
 
 
-def _write_sentence_transformers(embedder: Embedder, output: Path) -> Path:
+def _write_sentence_transformers(embedder: Embedder, output: Path, normalize: bool) -> Path:
     """Merged weights, the rewritten tokenizer and sentence-transformers' configs.
 
     No ``lmembed.json`` here: ``Embedder`` would apply the prompt suffix and EOS a
@@ -190,7 +194,7 @@ def _write_sentence_transformers(embedder: Embedder, output: Path) -> Path:
         embedder.model.save_pretrained(tmp)
         embedder.tokenizer.save_pretrained(tmp)
         _rewrite_tokenizer(tmp, embedder, suffix)
-        _write_st_config(tmp, embedder.dimension, spec, prompts, default)
+        _write_st_config(tmp, embedder.dimension, spec, prompts, default, normalize)
         atomic_write_text(tmp / "README.md", _st_readme(spec))
     return output
 
@@ -329,15 +333,17 @@ def _write_st_config(
     spec: EmbeddingSpec,
     prompts: dict[str, str],
     default: str | None,
+    normalize: bool,
 ) -> None:
     """sentence-transformers' module list and configs, as its 6.x ``save`` writes them."""
-    atomic_write_json(
-        folder / "modules.json",
-        [
-            {"idx": 0, "name": "0", "path": "", "type": ST_TRANSFORMER},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": ST_POOLING_MODULE},
-        ],
-    )
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": ST_TRANSFORMER},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": ST_POOLING_MODULE},
+    ]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": ST_NORMALIZE})
+        (folder / "2_Normalize").mkdir()
+    atomic_write_json(folder / "modules.json", modules)
     # Text only: SmolLM2-style chat templates would otherwise route text through them.
     atomic_write_json(
         folder / "sentence_bert_config.json",

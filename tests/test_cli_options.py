@@ -114,7 +114,11 @@ def test_encode_command_writes_what_the_embedder_gives(tiny_llama, tmp_path):
     expected = Embedder.from_pretrained(str(tiny_llama), dtype="fp32").encode(
         [texts[0], texts[2]], role="query"
     )
-    np.testing.assert_allclose(np.load(tmp_path / "v.npy"), expected, rtol=1e-5, atol=1e-6)
+    unit = expected / np.linalg.norm(expected, axis=1, keepdims=True)  # normalised by default
+    np.testing.assert_allclose(np.load(tmp_path / "v.npy"), unit, rtol=1e-5, atol=1e-6)
+    raw = ["--role", "query", "--no-normalize", "--output", str(tmp_path / "r.npy")]
+    cli.main(["encode", *flags, *raw])
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_eval_scores_an_own_sts_file_at_several_sizes(tiny_llama, tmp_path, capsys):

@@ -47,6 +47,7 @@ def embedder(tiny_llama):
 
 
 def _options(input_path, output, **changes) -> EncodeCorpusOptions:
+    changes = {"normalize": False, **changes}  # raw vectors: compared with encode()
     return EncodeCorpusOptions(input=str(input_path), output=str(output), shard_size=SHARD,
                                batch_size=4, **changes)  # fmt: skip
 

@@ -139,7 +139,9 @@ def test_sentence_transformers_loads_without_lmembed(tmp_path, adapters, sentenc
         f"np.save({str(tmp_path / 'st.npy')!r}, model.encode(texts))\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, timeout=300)
-    assert _cosines(np.load(tmp_path / "st.npy"), reference).min() >= 0.9999
+    vectors = np.load(tmp_path / "st.npy")
+    assert _cosines(vectors, reference).min() >= 0.9999
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)  # normalised
 
 
 def test_split_prompt():

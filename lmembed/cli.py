@@ -30,6 +30,21 @@ from lmembed.training.checkpoint import CheckpointWriteError
 from lmembed.training.config import TrainConfig
 
 
+TRAIN_LAYOUTS = """\
+training data layouts (--data FILE|DIR|HUB_ID, repeat for several datasets):
+  pairs                     anchor, positive                   in-batch negatives only
+  SimCSE triplets           sent0, sent1, hard_neg             one hard negative per anchor
+  sentence-transformers     anchor, positive, negative[_1..k]  k hard negatives per anchor
+  FlagEmbedding jsonl       {"query", "pos": [...], "neg": [...]}
+  query/positive/negatives  query, positive, negatives (a list)
+  anything else             --columns anchor=question,positive=answer,negatives=neg_*
+formats: .csv .tsv .jsonl (also .gz), .parquet, a folder of them, a hub dataset id.
+Every negative is a candidate for every anchor of the global batch; --negatives-per-anchor K
+uses K of them; a batch never holds two examples with the same anchor or positive text
+(--no-dedupe); several datasets: one dataset per batch, --mixing proportional|round-robin|
+weights=a:0.7,b:0.3."""
+
+
 @dataclass
 class EvalOptions:
     """``lmembed eval``: what to score and where the results go."""
@@ -349,7 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
                 holder = subparsers.add_parser(group[0], help=f"{group[0]} utilities")
                 groups[group[0]] = holder.add_subparsers(dest=f"{group[0]}_command", required=True)
             target = groups[group[0]]
-        sub = target.add_parser(name, help=command.help, description=command.help)
+        sub = target.add_parser(
+            name,
+            help=command.help,
+            description=command.help,
+            epilog=TRAIN_LAYOUTS if command.options is TrainConfig else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         spec_names: list[str] = []
         if command.embedding:
             spec_names = add_flags(sub, EmbeddingSpec, group="embedding (default: the adapter's)")

@@ -29,7 +29,6 @@ from lmembed.options import add_flags, build, given, nested, option
 from lmembed.training.checkpoint import CheckpointWriteError
 from lmembed.training.config import TrainConfig
 
-
 TRAIN_LAYOUTS = """\
 training data layouts (--data FILE|DIR|HUB_ID, repeat for several datasets):
   pairs                     anchor, positive                   in-batch negatives only

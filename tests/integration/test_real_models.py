@@ -70,15 +70,17 @@ def test_smollm2_trains_from_flagembedding_jsonl_with_three_negatives(tmp_path):
 
     output = tmp_path / "flag"
     config = TrainConfig.from_flat(
-        model="smollm2-135m", data=str(path), output=str(output), steps=12, batch_size=8,
+        model="smollm2-135m", data=str(path), output=str(output), steps=20, batch_size=16,
         lr=2e-3, warmup=2, max_length=48, save_every=0,
         query_prompt="Query: {s}", document_prompt="Passage: {s}",
     )  # fmt: skip
     train(config, data=data)
     losses = [r["loss"] for r in read_metrics(output / "log.jsonl")]
-    # 1 positive + 3 negatives per anchor: each anchor has 4 x 8 - 1 = 31 wrong candidates.
-    assert len(losses) == 12 and np.isfinite(losses).all()
-    assert np.mean(losses[-4:]) < np.mean(losses[:4]), losses
+    # 1 positive + 3 negatives per anchor: each anchor has 4 x 16 - 1 = 63 wrong candidates,
+    # so the untrained loss is about log(64) = 4.16; as in the triplet test above, SmolLM2's
+    # anisotropy makes 20 steps move it a few percent, far outside step noise.
+    assert len(losses) == 20 and np.isfinite(losses).all()
+    assert np.mean(losses[-5:]) < 0.97 * np.mean(losses[:5]), losses
     embedder = Embedder.from_pretrained(adapter=output)
     assert embedder.spec.query_prompt == "Query: {s}"
     query = embedder.encode(["A man is playing a guitar."], role="query")

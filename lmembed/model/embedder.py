@@ -155,13 +155,21 @@ class Embedder(torch.nn.Module):
         """
         if isinstance(texts, str):
             raise TypeError("encode takes a list of texts; wrap a single string in a list")
-        if not texts:
+        ids = self.tokenize(list(texts), role) if texts else []
+        return self.encode_ids(ids, batch_size, show_progress)
+
+    @torch.inference_mode()
+    def encode_ids(
+        self, ids: list[list[int]], batch_size: int = 32, show_progress: bool | None = None
+    ) -> np.ndarray:
+        """``encode`` for texts already through ``tokenize`` (callers that also count tokens)."""
+        if not ids:
             return np.zeros((0, self.dimension), dtype=np.float32)
         was_training = self.training
         self.eval()
-        show = len(texts) > 8 * batch_size if show_progress is None else show_progress
+        show = len(ids) > 8 * batch_size if show_progress is None else show_progress
         try:
-            vectors = self.embed(list(texts), chunk_size=batch_size, progress=show, role=role)
+            vectors = self.embed_ids(ids, chunk_size=batch_size, progress=show)
         finally:
             self.train(was_training)
         return vectors.float().cpu().numpy()

@@ -51,10 +51,9 @@ def embedder_encode_fn(embedder: Embedder, config: ServerConfig) -> EncodeFn:
     (prompt, truncation and EOS included); vectors unit length if ``config.normalize``."""
 
     def encode(texts: list[str], role: Role | None) -> tuple[np.ndarray, list[int]]:
-        counts = [len(ids) for ids in embedder.tokenize(texts, role)]
-        vectors = embedder.encode(
-            texts, batch_size=config.encode_batch_size, show_progress=False, role=role
-        )
+        ids = embedder.tokenize(texts, role)  # once: the counts and the vectors
+        vectors = embedder.encode_ids(ids, config.encode_batch_size, show_progress=False)
+        counts = [len(row) for row in ids]
         return (unit_rows(vectors) if config.normalize else vectors), counts
 
     return encode

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import logging
 import shlex
 import sys
@@ -18,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-
-import numpy as np
 
 from lmembed.backends import BackendOptions
 from lmembed.evaluation.sizes import SizeOptions
@@ -137,7 +134,7 @@ def cmd_train(spec: dict[str, Any], options: TrainConfig | None, args: argparse.
 def cmd_encode(spec: dict[str, Any], options: Any, args: argparse.Namespace) -> None:
     """``--output X.npy``: a small text file in memory; ``--output DIR``: sharded corpus."""
     from lmembed.encoding import encode_corpus
-    from lmembed.io import atomic_write_bytes
+    from lmembed.io import atomic_write_npy
     from lmembed.quantization import save_ranges, shrink
 
     if not options.input or not options.output:
@@ -154,9 +151,7 @@ def cmd_encode(spec: dict[str, Any], options: Any, args: argparse.Namespace) -> 
     codes, ranges = shrink(vectors, options.dims, options.precision, options.normalize)
     if ranges is not None:  # int8/uint8: later batches must reuse these ranges
         save_ranges(Path(options.output).with_suffix(".ranges.npy"), ranges)
-    buffer = io.BytesIO()
-    np.save(buffer, codes)
-    atomic_write_bytes(options.output, buffer.getvalue())
+    atomic_write_npy(options.output, codes)
     print(f"wrote {codes.shape[0]} x {codes.shape[1]} {codes.dtype} vectors to {options.output}")
 
 

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from lmembed.data._text import decode_line
 from lmembed.data.errors import DataError
-from lmembed.io import atomic_write_bytes, atomic_write_json
+from lmembed.io import atomic_write_bytes, atomic_write_json, npy_bytes
 from lmembed.model.spec import Role
 from lmembed.options import check_choices, option
 from lmembed.quantization import (
@@ -204,19 +204,13 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
 def _shard_files(
     ids: list[Any], codes: np.ndarray, shard_format: ShardFormat, name: str
 ) -> dict[str, bytes]:
     """File name -> bytes of one shard."""
     id_array = np.asarray(ids, dtype=np.int64 if isinstance(ids[0], int) else str)
     if shard_format == "npy":
-        return {f"{name}.npy": _npy_bytes(codes), f"{name}.ids.npy": _npy_bytes(id_array)}
+        return {f"{name}.npy": npy_bytes(codes), f"{name}.ids.npy": npy_bytes(id_array)}
     flat = pa.array(codes.reshape(-1))
     table = pa.table({
         "id": pa.array(id_array),

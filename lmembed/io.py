@@ -149,3 +149,18 @@ def folder_fingerprint(location: Any) -> list[tuple[str, int, int]] | None:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     ]
+
+
+def npy_bytes(array: Any) -> bytes:
+    """``array`` in NumPy's ``.npy`` format (no pickles), for atomic writes and hashing."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def atomic_write_npy(path: str | Path, array: Any) -> None:
+    atomic_write_bytes(path, npy_bytes(array))

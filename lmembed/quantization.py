@@ -21,13 +21,12 @@ bits, the cosine of the +-1 vectors the bits stand for.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
 
-from lmembed.io import atomic_write_bytes
+from lmembed.io import atomic_write_npy
 
 Precision = Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -165,9 +164,7 @@ def similarity(
 
 def save_ranges(path: str | Path, ranges: np.ndarray) -> Path:
     """Write calibrated ranges as ``.npy`` atomically (read back with ``load_ranges``)."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.asarray(ranges, dtype=np.float32))
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_npy(path, np.asarray(ranges, dtype=np.float32))
     return Path(path)
 
 

@@ -10,7 +10,6 @@ everything that decides the vectors: the embedding spec, the model/adapter files
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -20,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from lmembed.io import atomic_write_bytes, cache_root, folder_fingerprint
+from lmembed.io import atomic_write_npy, cache_root, folder_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +90,5 @@ def encoded_chunks(
         if vectors.shape[0] != len(batch) or vectors.ndim != 2:
             raise ValueError(f"encoder returned shape {vectors.shape} for {len(batch)} texts")
         if path is not None:
-            buffer = io.BytesIO()
-            np.save(buffer, vectors)
-            atomic_write_bytes(path, buffer.getvalue())
+            atomic_write_npy(path, vectors)
         yield vectors

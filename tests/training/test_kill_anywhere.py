@@ -31,7 +31,10 @@ from lmembed.training.trainer import train
 
 STEPS = 6
 SAVE_EVERY = 2
-KILLS = 20
+NAMED = ("forward", "backward", "optimizer_step", "checkpoint_write", "checkpoint_swap")
+# Every named point once (in a seeded order), then timers or points at random. CI runs 8;
+# LMEMBED_KILLS=20 is the longer run quoted in docs/reliability.md.
+KILLS = int(os.environ.get("LMEMBED_KILLS", "8"))
 SEED = 15
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "0"}
 FLAGS = ("model", "data", "output", "steps", "batch_size", "lr", "warmup", "dtype", "save_every",
@@ -87,11 +90,10 @@ class Fault:
         return f"{self.point}:{self.count}" if self.point else f"timer:{self.delay:.1f}s"
 
 
-def _plan(rng: random.Random, remaining: int, run_seconds: float) -> Fault:
+def _plan(rng: random.Random, remaining: int, run_seconds: float, untried: list[str]) -> Fault:
     """A seeded random kill within the steps a resume still has to run."""
     saves = remaining // SAVE_EVERY + 1  # periodic saves left, plus the final one
-    choice = rng.choice(["forward", "backward", "optimizer_step", "checkpoint_write",
-                         "checkpoint_swap", "timer", "timer"])  # fmt: skip
+    choice = untried.pop() if untried else rng.choice([*NAMED, "timer", "timer"])
     if choice == "timer":
         return Fault(None, delay=rng.uniform(0.2, 1.0) * run_seconds)
     reaches = {"checkpoint_write": 2 * saves, "checkpoint_swap": saves}.get(choice, remaining)
@@ -121,6 +123,7 @@ def test_sigkill_anywhere_then_resume_ends_bit_identical(tiny_llama, data, tmp_p
     expected = _adapter(tmp_path / "straight")
 
     rng = random.Random(SEED)
+    untried = rng.sample(NAMED, len(NAMED))
     landed: Counter[str] = Counter()
     finished = 0
     while sum(landed.values()) < KILLS:
@@ -130,7 +133,7 @@ def test_sigkill_anywhere_then_resume_ends_bit_identical(tiny_llama, data, tmp_p
         while True:  # kill, resume, ... until one run ends
             remaining = STEPS - (checkpoint_step(run.checkpoint) or 0)
             more = sum(landed.values()) < KILLS
-            fault = _plan(rng, remaining, run_seconds) if more else Fault(None)
+            fault = _plan(rng, remaining, run_seconds, untried) if more else Fault(None)
             code, stderr = _run(_command(config, launcher, resume), fault)
             resume = True
             if code == 0:
@@ -144,8 +147,7 @@ def test_sigkill_anywhere_then_resume_ends_bit_identical(tiny_llama, data, tmp_p
         assert [r["step"] for r in run.metrics()] == list(range(1, STEPS + 1))
         finished += 1
     print(f"{sum(landed.values())} kills in {finished} chains, all bit-identical: {dict(landed)}")
-    named = {"forward", "backward", "optimizer_step", "checkpoint_write", "checkpoint_swap"}
-    assert named <= set(landed), f"seed {SEED} missed a point: {dict(landed)}"
+    assert set(NAMED) <= set(landed), f"seed {SEED} missed a point: {dict(landed)}"
 
 
 @pytest.mark.slow

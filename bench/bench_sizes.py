@@ -1,16 +1,18 @@
 """Quality against size: STS Spearman at each dims x precision (``evaluate_sizes``).
 
 Each text is embedded once at full size; every smaller size or precision is then
-derived from those vectors (truncate, re-normalise, quantise), so the table costs
-one encoding pass. Without a Matryoshka-trained adapter the rows show what plain
-truncation costs; with one (``--adapter``), what the training buys.
+derived from those vectors (truncate, re-normalise, quantise), so each model costs
+one encoding pass. Give several ``--adapter LABEL=PATH`` to compare adapters trained
+at the same budget (plain, then Matryoshka): the section then checks issue 16's
+targets against the first one's full-size float32 score.
 
     flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_sizes.py \
-        --model smollm2-135m --tasks quick --dims 576,256,128,64 \
-        --precisions float32,int8,binary
+        --model gemma-3-270m --tasks all --dims 640,256,128,64 \
+        --precisions float32,int8,binary \
+        --adapter plain=runs/demo/adapter --adapter matryoshka=runs/demo-mrl/adapter
 
-writes ``bench/results/sizes.json``, ``docs/img/bench-sizes.png`` and the "Quality
-against size" section of ``docs/benchmarks.md``.
+writes ``bench/results/sizes.json``, ``docs/img/bench-sizes-LABEL.png`` and the
+"Quality against size" section of ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -32,64 +34,111 @@ from common import (
 from lmembed.io import atomic_write_bytes
 
 HEADING = "Quality against size"
+# Issue 16: Matryoshka at 128 dims within 1.5 points of full-size plain; int8 within 0.3.
+TARGET_DIMS, TARGET_GAP, INT8_GAP = 128, 1.5, 0.3
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--adapter", default=None)
+    parser.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="LABEL=PATH",
+        help="an adapter to score (repeat to compare); none: the base model",
+    )
     parser.add_argument("--tasks", default="quick")
     parser.add_argument("--dims", default="576,256,128,64")
     parser.add_argument("--precisions", default="float32,int8,binary")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--from-results", action="store_true",
-                        help="only rewrite the docs section from bench/results/sizes.json")
+    parser.add_argument(
+        "--from-results",
+        action="store_true",
+        help="only rewrite the docs section from bench/results/sizes.json",
+    )
     args = parser.parse_args()
 
     from lmembed.evaluation.sizes import SizeRow, SizeTable, evaluate_sizes
 
     if args.from_results:
         result = json.loads((RESULTS / "sizes.json").read_text())
-        rows = [SizeRow(r["dims"], r["precision"], r["bytes"], r["scores"]) for r in result["rows"]]
-        write_docs(SizeTable(result["spec"], rows), result)
+        tables = {run["label"]: SizeTable(run["spec"], [
+            SizeRow(r["dims"], r["precision"], r["bytes"], r["scores"]) for r in run["rows"]
+        ]) for run in result["runs"]}  # fmt: skip
+        write_docs(tables, result)
         return
 
     from lmembed.model import Embedder
 
-    embedder = Embedder.from_pretrained(model=args.model, adapter=args.adapter)
-    started = time.perf_counter()
-    table = evaluate_sizes(
-        embedder,
-        [int(d) for d in args.dims.split(",")],
-        args.precisions.split(","),
-        tasks=args.tasks,
-        data_dir=data_dir(),
-        batch_size=args.batch_size,
-    )
-    elapsed = time.perf_counter() - started
-    result = {"environment": environment(), "elapsed_s": round(elapsed, 1), "tasks": args.tasks,
-              **table.to_dict()}  # fmt: skip
+    adapters = [item.partition("=")[::2] for item in args.adapter] or [("base", None)]
+    runs, tables = [], {}
+    for label, adapter in adapters:
+        embedder = Embedder.from_pretrained(model=args.model, adapter=adapter or None)
+        started = time.perf_counter()
+        table = evaluate_sizes(
+            embedder,
+            [int(d) for d in args.dims.split(",")],
+            args.precisions.split(","),
+            tasks=args.tasks,
+            data_dir=data_dir(),
+            batch_size=args.batch_size,
+        )
+        del embedder
+        tables[label] = table
+        runs.append({"label": label, "elapsed_s": round(time.perf_counter() - started, 1),
+                     **table.to_dict()})  # fmt: skip
+    result = {"environment": environment(), "tasks": args.tasks, "runs": runs}
     save_result("sizes", result)
-    write_docs(table, result)
+    write_docs(tables, result)
 
 
-def write_docs(table, result: dict) -> None:
-    """The plot and the "Quality against size" section, from one run's result."""
-    atomic_write_bytes(IMAGES / "bench-sizes.png", table.plot())
-    spec = result["spec"]
-    label = spec["model"] + (f" + adapter {spec['adapter']}" if spec.get("adapter") else " (base)")
+def targets(tables: dict) -> list[str]:
+    """Issue 16's targets, each against the first table's full-size float32 average."""
+    (first_label, first), *others = tables.items()
+    full = max(r.dims for r in first.rows)
+    reference = next(r.average for r in first.rows if r.dims == full and r.precision == "float32")
+    lines = [f"Reference: {first_label}, {full} dims, float32: **{reference:.2f}**.", ""]
+    for label, table in tables.items():
+        score = {(r.dims, r.precision): r.average for r in table.rows}
+        if label != first_label and (TARGET_DIMS, "float32") in score:
+            gap = reference - score[TARGET_DIMS, "float32"]
+            verdict = "met" if gap <= TARGET_GAP else "not met"
+            lines.append(f"- {label} at {TARGET_DIMS} dims: {score[TARGET_DIMS, 'float32']:.2f}, "
+                         f"{gap:+.2f} below the reference (target: within {TARGET_GAP}): "
+                         f"**{verdict}**.")  # fmt: skip
+        gaps = [score[d, "float32"] - score[d, "int8"] for d, p in score if p == "int8"]
+        if gaps:
+            verdict = "met" if max(gaps) <= INT8_GAP else "not met"
+            lines.append(
+                f"- {label}, int8 against float32 at the same size: largest loss "
+                f"{max(gaps):.2f} (target: within {INT8_GAP}): **{verdict}**."
+            )
+    return lines if others or len(lines) > 2 else []
+
+
+def write_docs(tables: dict, result: dict) -> None:
+    """The plots and the "Quality against size" section, from one run's result."""
+    parts = []
+    for run in result["runs"]:
+        label, table = run["label"], tables[run["label"]]
+        atomic_write_bytes(IMAGES / f"bench-sizes-{label}.png", table.plot())
+        spec = run["spec"]
+        name = spec["model"] + (f" + adapter `{spec['adapter']}`" if spec.get("adapter") else "")
+        parts += [f"### {label}: {name}", "",
+                  f"One encoding pass, {run['elapsed_s'] / 60:.1f} min.", "",
+                  table.to_markdown(), f"![quality against size: {label}]"
+                  f"(img/bench-sizes-{label}.png)", ""]  # fmt: skip
+    base_only = all(not run["spec"].get("adapter") for run in result["runs"])
     body = "\n".join([
-        f"STS Spearman x100 of {label} at each size and precision "
-        f"({result.get('tasks', 'quick')} tasks; int8 ranges calibrated on each task's own "
-        "sentences; binary scored by Hamming distance). One encoding pass, "
-        f"{result['elapsed_s'] / 60:.1f} min."
-        + ("" if spec.get("adapter") else " The base model has no contrastive training, so "
-           "the rows show what truncation and quantisation cost, not a usable embedding; "
-           "rerun with a Matryoshka-trained `--adapter` for the sizes it was trained for."),
+        f"STS Spearman x100 at each size and precision ({result['tasks']} tasks; int8 ranges "
+        "calibrated on each task's own sentences; binary scored by Hamming distance)."
+        + (" The base model has no contrastive training, so the rows show what truncation "
+           "and quantisation cost, not a usable embedding." if base_only else ""),
         "",
-        table.to_markdown(),
-        "![quality against size](img/bench-sizes.png)",
+        *targets(tables),
         "",
+        *parts,
         environment_block(result["environment"], target="python bench/bench_sizes.py"),
     ])  # fmt: skip
     replace_section(HEADING, body)

@@ -125,8 +125,16 @@ def paired(model: str, work: Path, n: int, shard_size: int, repeat: int) -> None
         for name in alternating(["stream", "memory"], r):
             output = work / f"paired-{name}" if name == "stream" else work / "paired.npy"
             subprocess.run(["rm", "-rf", str(output)], check=True)
-            result = run_worker(__file__, name, {"model": model, "corpus": str(corpus),
-                                                 "output": str(output), "shard_size": shard_size})
+            result = run_worker(
+                __file__,
+                name,
+                {
+                    "model": model,
+                    "corpus": str(corpus),
+                    "output": str(output),
+                    "shard_size": shard_size,
+                },
+            )
             seconds[name].append(result["seconds"])
             print(name, round(result["seconds"], 2), flush=True)
     ratio = paired_ratio(seconds["memory"], seconds["stream"])  # throughput stream / memory

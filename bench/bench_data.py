@@ -158,34 +158,46 @@ def _doc(env: dict, summary: dict, args: argparse.Namespace) -> str:
     }
     stream, memory = summary[f"stream/{large}"], summary[f"in-memory/{large}"]
     rss = stream["peak_rss_mib"]["median"] / memory["peak_rss_mib"]["median"]
-    growth = [
-        (s["peak_rss_mib"]["median"] - s["base_rss_mib"]["median"]) for s in (stream, memory)
-    ]
+    growth = [(s["peak_rss_mib"]["median"] - s["base_rss_mib"]["median"]) for s in (stream, memory)]
     per_row = [g * 2**20 / large for g in growth]
     load = stream["load_s"]["median"] / memory["load_s"]["median"]
-    return "\n\n".join([
-        environment_block(env, target="make bench-all"),
-        f"`load_training_data` on generated jsonl files of short rows (anchor, positive, "
-        "negative; about 40 bytes per text, 160 per jsonl line), "
-        f"{args.repeats} repeats, each measurement in a fresh process, medians. "
-        "*Stream* is lmembed's loader (one validating scan; the index keeps an 8-byte offset "
-        "and two 4-byte text hashes per row; batches read their rows from disk). "
-        "*In-memory* is the baseline it replaces: every row parsed into Python lists. "
-        f"Batch: {BATCH} rows at 50 steps spread over the epoch; the first batch also draws "
-        "the epoch's permutation and checks it for duplicate anchors/positives. "
-        "Peak RSS is the whole process; growth is peak minus the RSS after imports.",
-        table(["loader", "rows", "file MiB", "load s", "rows/s", "peak RSS MiB",
-               "growth MiB", "first batch ms", "batch ms"], rows),  # fmt: skip
-        f"- Batch time, {large:,} over {small:,} rows: stream {ratio['stream']:.2f}x, "
-        f"in-memory {ratio['in-memory']:.2f}x: a batch costs the same whatever the file "
-        f"size (a training step on gemma-3-270m takes ~3,600 ms, see above).\n"
-        f"- Peak RSS at {large:,} rows: stream {rss:.2f}x of in-memory; growth over the RSS "
-        f"after imports {growth[0]:.0f} vs {growth[1]:.0f} MiB ({per_row[0]:.0f} vs "
-        f"{per_row[1]:.0f} bytes per row): the 16-byte index, the epoch's 8-byte permutation "
-        "and the duplicate check's temporaries.\n"
-        "- Load: the stream loader validates every row (layout, empty cells, text types) and "
-        f"hashes anchor and positive, {load:.1f}x the time of plain parsing at {large:,} rows.",
-    ])
+    return "\n\n".join(
+        [
+            environment_block(env, target="make bench-all"),
+            f"`load_training_data` on generated jsonl files of short rows (anchor, positive, "
+            "negative; about 40 bytes per text, 160 per jsonl line), "
+            f"{args.repeats} repeats, each measurement in a fresh process, medians. "
+            "*Stream* is lmembed's loader (one validating scan; the index keeps an 8-byte offset "
+            "and two 4-byte text hashes per row; batches read their rows from disk). "
+            "*In-memory* is the baseline it replaces: every row parsed into Python lists. "
+            f"Batch: {BATCH} rows at 50 steps spread over the epoch; the first batch also draws "
+            "the epoch's permutation and checks it for duplicate anchors/positives. "
+            "Peak RSS is the whole process; growth is peak minus the RSS after imports.",
+            table(
+                [
+                    "loader",
+                    "rows",
+                    "file MiB",
+                    "load s",
+                    "rows/s",
+                    "peak RSS MiB",
+                    "growth MiB",
+                    "first batch ms",
+                    "batch ms",
+                ],
+                rows,
+            ),  # fmt: skip
+            f"- Batch time, {large:,} over {small:,} rows: stream {ratio['stream']:.2f}x, "
+            f"in-memory {ratio['in-memory']:.2f}x: a batch costs the same whatever the file "
+            f"size (a training step on gemma-3-270m takes ~3,600 ms, see above).\n"
+            f"- Peak RSS at {large:,} rows: stream {rss:.2f}x of in-memory; growth over the RSS "
+            f"after imports {growth[0]:.0f} vs {growth[1]:.0f} MiB ({per_row[0]:.0f} vs "
+            f"{per_row[1]:.0f} bytes per row): the 16-byte index, the epoch's 8-byte permutation "
+            "and the duplicate check's temporaries.\n"
+            "- Load: the stream loader validates every row (layout, empty cells, text types) and "
+            f"hashes anchor and positive, {load:.1f}x the time of plain parsing at {large:,} rows.",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -150,9 +150,10 @@ def environment_block(env: dict, note: str = "", target: str = "make bench") -> 
     """Markdown lines that say where, with what and how a section's numbers were measured;
     ``target`` is the make target that runs the script."""
     v = env["versions"]
+    bf16 = {True: ", native bf16", False: ", no native bf16 (emulated)"}.get(env.get("native_bf16"))
     lines = [
         f"- Hardware: {env['cpu']}, {env['cores']} cores, {env['ram_gib']} GiB RAM, "
-        f"torch threads {env['torch_threads']}",
+        f"torch threads {env['torch_threads']}{bf16 or ''}",
         f"- Versions: Python {v['python']}, torch {v['torch']}, transformers "
         f"{v['transformers']}, peft {v['peft']}, sentence-transformers "
         f"{v['sentence-transformers']}",

@@ -68,8 +68,9 @@ class ExportOptions:
 
     output: str = option(None, "folder to write", required=True)
     format: ExportFormat = option(
-        "sentence-transformers", "what to write: a SentenceTransformer folder, merged "
-        "transformers weights, or the adapter files alone"
+        "sentence-transformers",
+        "what to write: a SentenceTransformer folder, merged "
+        "transformers weights, or the adapter files alone",
     )
     overwrite: bool = option(False, "replace a non-empty --output")
     normalize: bool = option(

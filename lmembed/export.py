@@ -124,9 +124,7 @@ def _write_merged(embedder: Embedder, output: Path) -> Path:
     return output
 
 
-def _write_runtime(
-    embedder: Embedder, output: Path, kind: str, quantize: Quantize | None
-) -> Path:
+def _write_runtime(embedder: Embedder, output: Path, kind: str, quantize: Quantize | None) -> Path:
     """The checked graph (ONNX, or OpenVINO IR), tokenizer, config and the marked spec."""
     from lmembed.backends.onnx import ONNX_FILE, export_onnx, onnx_metadata
 

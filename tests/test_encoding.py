@@ -135,8 +135,11 @@ def test_kill_then_resume_reencodes_only_the_unfinished_shards(
 
     encoded = []
     real = encoding.encode_shard
-    monkeypatch.setattr(encoding, "encode_shard",
-                        lambda e, texts, *a: encoded.append(texts[0]) or real(e, texts, *a))
+    monkeypatch.setattr(
+        encoding,
+        "encode_shard",
+        lambda e, texts, *a: encoded.append(texts[0]) or real(e, texts, *a),
+    )
     encode_corpus(embedder, killed)
     texts = corpus_texts()
     assert encoded == [texts[i * SHARD] for i in range(2, 6)]  # shards 0 and 1 kept
@@ -156,8 +159,9 @@ def test_a_damaged_shard_is_encoded_again(embedder, tmp_path, monkeypatch):
     shard.write_bytes(shard.read_bytes()[:-7])  # truncated after its entry was written
     calls = []
     real = encoding.encode_shard
-    monkeypatch.setattr(encoding, "encode_shard",
-                        lambda e, texts, *a: calls.append(1) or real(e, texts, *a))
+    monkeypatch.setattr(
+        encoding, "encode_shard", lambda e, texts, *a: calls.append(1) or real(e, texts, *a)
+    )
     encode_corpus(embedder, options)
     assert len(calls) == 1 and _shard_bytes(tmp_path / "out") == before
 

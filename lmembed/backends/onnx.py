@@ -158,8 +158,7 @@ def _trace(embedder: Embedder, path: Path) -> None:
             )
     except Exception as error:  # any tracer/exporter failure is an unsupported model
         raise ExportError(
-            f"{_architecture(embedder)} cannot be exported to ONNX: "
-            f"{type(error).__name__}: {error}"
+            f"{_architecture(embedder)} cannot be exported to ONNX: {type(error).__name__}: {error}"
         ) from error
 
 

@@ -248,8 +248,7 @@ def compare(base: STSResult, tuned: STSResult, metric: str = "spearman") -> str:
     for name in names:
         before, after = base.score(name, metric), tuned.score(name, metric)
         lines.append(
-            f"| {name} | {format_score(before)} | {format_score(after)} | "
-            f"{_delta(before, after)} |"
+            f"| {name} | {format_score(before)} | {format_score(after)} | {_delta(before, after)} |"
         )
     common = common_tasks(base, tuned)
     if common:

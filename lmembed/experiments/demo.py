@@ -39,7 +39,7 @@ def demo_config(output: Path, data: str, model: str, steps: int) -> TrainConfig:
         batch_size=32,
         lr=5e-4,
         warmup=10,
-        dtype="bf16",
+        dtype="auto",
         save_every=25,
         resume=True,
     )

@@ -86,7 +86,8 @@ def _dimensions(
     allowed = sorted({dimension, *trained_dims})
     if type(value) is not int or value < 1 or value > dimension:
         raise ApiError(
-            400, f"'dimensions' must be an integer in 1..{dimension}, got {_short(value)}",
+            400,
+            f"'dimensions' must be an integer in 1..{dimension}, got {_short(value)}",
             "dimensions",
         )
     if value not in allowed and not config.allow_any_dims:

@@ -90,8 +90,7 @@ def test_bad_dims_and_weights_are_refused():
 
 SUBJECTS = ["a man", "a woman", "the dog", "the cat", "two kids", "an old man", "a girl", "we"]
 BATCH = [
-    (f"{s} is running in the park .", f"{s} runs .", f"{s} is asleep at home .")
-    for s in SUBJECTS
+    (f"{s} is running in the park .", f"{s} runs .", f"{s} is asleep at home .") for s in SUBJECTS
 ]
 
 
@@ -153,8 +152,10 @@ def _worker(rank, port, model_path, out):
     embedder = _embedder(model_path)
     sizes = [5, 3]  # uneven on purpose
     mine = BATCH[:5] if rank == 0 else BATCH[5:]
-    results = {name: _step(embedder, mine, ctx, sizes, m) for name, m in (("plain", None),
-                                                                          ("gradcache", 2))}
+    results = {
+        name: _step(embedder, mine, ctx, sizes, m)
+        for name, m in (("plain", None), ("gradcache", 2))
+    }
     torch.save(results, out / f"rank{rank}.pt")
     dist.destroy_process_group()
 

@@ -44,8 +44,13 @@ def _two_nodes(program: list[str]) -> None:
                 "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id={run_id}",
                 "--max-restarts=0"]  # fmt: skip
     nodes = [
-        subprocess.Popen([*launcher, *program], env=_env(), stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        subprocess.Popen(
+            [*launcher, *program],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
         for _ in range(2)
     ]
     logs = []

@@ -76,9 +76,7 @@ def test_adapter_reload_reproduces_embeddings(tiny_llama, triplets_csv, tmp_path
     assert all(np.isfinite(r["loss"]) for r in log)
 
 
-def test_kill_and_resume_equals_uninterrupted_run(
-    tiny_llama, triplets_csv, tmp_path, monkeypatch
-):
+def test_kill_and_resume_equals_uninterrupted_run(tiny_llama, triplets_csv, tmp_path, monkeypatch):
     straight = _config(tiny_llama, triplets_csv, tmp_path / "straight", steps=5)
     train(straight)
 

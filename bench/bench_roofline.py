@@ -1,0 +1,265 @@
+"""Roofline: how close training and encoding come to this machine's matmul peak, and where
+a training step's time goes.
+
+In one process, back to back: (1) the bf16 and fp32 ``torch.matmul`` peak (the best of a
+large square product and the model's MLP shape); (2) training steps of the demo recipe
+(gemma-3-270m, bf16, 32 NLI triplets per step, LoRA 8/32 on q_proj/v_proj); (3) encoding
+the STSb test sentences in batches of 32; (4) ``torch.profiler`` over training steps,
+self time per operator grouped into matmuls (base and LoRA), attention, dtype casts,
+other kernels, and the optimizer, tokenization and Python around them.
+
+Model FLOPs per token (stated, not measured): with ``N`` the base's linear-layer weights
+(embeddings excluded; the tied output head is not used for embeddings), ``L`` layers,
+``H x d`` attention width and ``S`` the padded sequence length of the token's pass,
+
+    forward  = 2 N + 4 L H d S          (matmuls; QK^T and AV over S keys)
+    training = 2 x (2 N) + 3 x (4 L H d S)   (frozen base: backward to activations only,
+                                         one matmul per weight; attention both inputs)
+
+LoRA's own FLOPs (r = 8) are under 1% and not counted. Achieved FLOP/s use real
+(unpadded) tokens; padded tokens are reported beside them.
+
+    flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_roofline.py
+
+writes ``bench/results/roofline.json`` and the "Roofline" section of ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import defaultdict
+
+import torch
+from common import data_dir, environment, environment_block, replace_section, save_result, table
+
+HEADING = "Roofline"
+MODEL = "gemma-3-270m"
+
+
+def matmul_gflops(shape: tuple[int, int, int], dtype: torch.dtype, seconds: float = 2.0) -> float:
+    """Best GFLOP/s of ``(m, k) @ (k, n)`` over repeated timed runs of about ``seconds``."""
+    m, k, n = shape
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    for _ in range(3):
+        torch.matmul(a, b)
+    best, began = 0.0, time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        tick = time.perf_counter()
+        torch.matmul(a, b)
+        best = max(best, 2 * m * k * n / (time.perf_counter() - tick) / 1e9)
+    return best
+
+
+def peaks(mlp_shape: tuple[int, int, int]) -> dict:
+    shapes = {"square 2048": (2048, 2048, 2048), "MLP": mlp_shape}
+    return {
+        name: {label: round(matmul_gflops(shape, dtype), 1) for label, shape in shapes.items()}
+        for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))
+    }
+
+
+def model_shape(embedder) -> dict:
+    """``N`` (linear weights of the decoder layers), layers, attention width."""
+    config = embedder.model.config
+    config = getattr(config, "text_config", config)
+    base = embedder.model.get_base_model() if hasattr(embedder.model, "get_base_model") else None
+    model = base or embedder.model
+    linear = sum(
+        module.weight.numel()
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and "lora_" not in name and "lm_head" not in name
+    )
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    width = config.num_attention_heads * head_dim
+    return {"linear_params": linear, "layers": config.num_hidden_layers, "attention_width": width,
+            "hidden": config.hidden_size, "intermediate": config.intermediate_size}  # fmt: skip
+
+
+def pass_tokens(embedder, ids: list[list[int]], chunk: int) -> tuple[int, int, int]:
+    """(real tokens, padded tokens, sum over tokens of the padded length) of one
+    ``embed_ids`` call: the same length-sorted chunks it pads."""
+    real = padded = attended = 0
+    for part in embedder.chunks(ids, chunk):
+        longest = max(len(ids[i]) for i in part)
+        real += sum(len(ids[i]) for i in part)
+        padded += longest * len(part)
+        attended += longest * longest * len(part)
+    return real, padded, attended
+
+
+def flops(shape: dict, real: int, attended: int, training: bool) -> float:
+    matmul = 2 * shape["linear_params"] * real
+    attention = 4 * shape["layers"] * shape["attention_width"] * attended
+    return 2 * matmul + 3 * attention if training else matmul + attention
+
+
+def training_run(steps: int) -> tuple[dict, object, object]:
+    """Time ``steps`` demo-recipe steps (after one warm-up step); returns the figures and
+    what the profile needs (the embedder and a step function)."""
+    from lmembed.data.training import load_training_data
+    from lmembed.losses import build_loss
+    from lmembed.training.config import TrainConfig
+    from lmembed.training.distributed import Distributed
+    from lmembed.training.trainer import batch_texts, build_embedder, forward_backward
+
+    config = TrainConfig.from_flat(
+        model=MODEL, data=str(data_dir() / "nli" / "snli_devtest_triplets_tok.csv.gz"),
+        output="unused", steps=100, batch_size=32, lr=5e-4, dtype="bf16",
+    )  # fmt: skip
+    data = load_training_data(config.dataset)
+    embedder = build_embedder(config)
+    embedder.train()
+    loss_fn = build_loss("infonce", 0.05, 0.2)
+    trainable = [p for p in embedder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr)
+    job = Distributed()
+    shape = model_shape(embedder)
+
+    def step(index: int) -> tuple[float, float, tuple[int, int, int]]:
+        """(step seconds, of which tokenizing, token counts); ``forward_backward`` tokenizes
+        inside the timed step, and the same call is timed alone beforehand."""
+        texts = batch_texts(data.batch(index, config.batch_size, config.seed), True)
+        began = time.perf_counter()
+        ids = embedder.tokenize(texts[0], "query") + embedder.tokenize(
+            texts[1] + texts[2], "document"
+        )
+        tokenize_s = time.perf_counter() - began
+        tick = time.perf_counter()
+        forward_backward(embedder, loss_fn, texts, job, [len(texts[0])])
+        with torch.profiler.record_function("optimizer"):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - tick, tokenize_s, pass_tokens(embedder, ids, len(texts[0]))
+
+    step(0)
+    times, tokens = [], []
+    for index in range(1, steps + 1):
+        seconds, _, counts = step(index)
+        times.append(seconds)
+        tokens.append(counts)
+    median = statistics.median(times)
+    real, padded, attended = (statistics.mean(c[i] for c in tokens) for i in range(3))
+    figures = {"steps": steps, "step_s": [round(t, 3) for t in times], "median_step_s": median,
+               "real_tokens_per_s": real / median, "padded_tokens_per_s": padded / median,
+               "flops_per_s": flops(shape, real, attended, training=True) / median,
+               "triplets_per_s": config.batch_size / median}  # fmt: skip
+    return figures, embedder, step
+
+
+def encoding_run(embedder) -> dict:
+    from lmembed.data import load_sts
+
+    task = load_sts("stsb", data_dir())
+    texts = list(dict.fromkeys(task.sentences1 + task.sentences2))
+    ids = embedder.tokenize(texts)
+    embedder.encode_ids(ids[:64], batch_size=32)
+    began = time.perf_counter()
+    embedder.encode_ids(ids, batch_size=32)
+    seconds = time.perf_counter() - began
+    real, padded, attended = pass_tokens(embedder, ids, 32)
+    shape = model_shape(embedder)
+    return {"texts": len(texts), "seconds": seconds, "real_tokens_per_s": real / seconds,
+            "padded_tokens_per_s": padded / seconds,
+            "flops_per_s": flops(shape, real, attended, training=False) / seconds}  # fmt: skip
+
+
+CATEGORIES = (
+    ("attention", ("attention", "softmax", "_efficient_attention", "flash")),
+    ("dtype casts", ("aten::to", "aten::_to_copy", "aten::copy_")),
+)
+
+
+def classify(name: str, shapes: list, lora_rank: int) -> str:
+    """The category of one operator (by name; LoRA matmuls have the rank as a dimension)."""
+    if name in ("aten::mm", "aten::addmm", "aten::bmm"):
+        dims = {d for shape in shapes for d in shape}
+        return "matmul (LoRA)" if lora_rank in dims else "matmul (base)"
+    for category, keys in CATEGORIES:
+        if any(key in name for key in keys):
+            return category
+    return "other kernels"
+
+
+def profile(step, steps: int, lora_rank: int = 8) -> dict:
+    """Share of a training step's wall time per category, from operator self times
+    (tokenization: the same call timed alone, since it runs no operators)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    wall = 0.0
+    seconds: dict[str, float] = defaultdict(float)
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for index in range(steps):
+            step_s, tokenize_s, _ = step(1000 + index)
+            wall += step_s
+            seconds["tokenization"] += tokenize_s
+    for event in prof.key_averages(group_by_input_shape=True):
+        if event.key == "optimizer":
+            seconds[event.key] += event.cpu_time_total / 1e6
+            continue
+        if event.key.startswith("Optimizer.") or event.key.startswith("aten::_foreach"):
+            continue  # inside "optimizer" already
+        seconds[classify(event.key, event.input_shapes, lora_rank)] += (
+            event.self_cpu_time_total / 1e6
+        )
+    seconds["Python and framework (the rest)"] = max(wall - sum(seconds.values()), 0.0)
+    return {name: round(value / wall, 4) for name, value in sorted(seconds.items(),
+            key=lambda item: -item[1])}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=8, help="timed training steps")
+    parser.add_argument("--profile-steps", type=int, default=2)
+    args = parser.parse_args()
+
+    training, embedder, step = training_run(args.steps)
+    shape = model_shape(embedder)
+    peak = peaks((32 * 16, shape["hidden"], shape["intermediate"]))
+    encoding = encoding_run(embedder)
+    breakdown = profile(step, args.profile_steps)
+    result = {"environment": environment(), "model": MODEL, "shape": shape, "peak_gflops": peak,
+              "training": training, "encoding": encoding, "profile": breakdown}  # fmt: skip
+    save_result("roofline", result)
+    write_docs(result)
+
+
+def write_docs(result: dict) -> None:
+    peak = max(result["peak_gflops"]["bf16"].values())
+    fp32 = max(result["peak_gflops"]["fp32"].values())
+    rows = []
+    for name in ("training", "encoding"):
+        run = result[name]
+        achieved = run["flops_per_s"] / 1e9
+        rows.append([name, f"{run['real_tokens_per_s']:.0f}", f"{run['padded_tokens_per_s']:.0f}",
+                     f"{achieved:.0f}", f"{100 * achieved / peak:.0f}%"])  # fmt: skip
+    shape = result["shape"]
+    body = "\n".join([
+        f"{result['model']} (bf16): N = {shape['linear_params'] / 1e6:.1f}M linear weights in "
+        f"{shape['layers']} layers, attention width {shape['attention_width']}. Measured "
+        f"`torch.matmul` peak in the same run: **{peak:.0f} GFLOP/s bf16**, {fp32:.0f} fp32 "
+        f"(per shape: {result['peak_gflops']}). Training: {result['training']['steps']} steps "
+        "of 32 triplets (median step "
+        f"{result['training']['median_step_s']:.2f} s, "
+        f"{result['training']['triplets_per_s']:.2f} triplets/s); encoding: the "
+        f"{result['encoding']['texts']} STSb test sentences, batch 32. FLOPs per token as in "
+        "`bench/bench_roofline.py`'s docstring (training = 4N + 3 x attention, encoding = "
+        "2N + attention), counted on real tokens.",
+        "",
+        table(["pass", "real tokens/s", "padded tokens/s", "model GFLOP/s", "of bf16 peak"], rows),
+        "",
+        "Where a training step's time goes (`torch.profiler`, operator self time as a share of "
+        "the step's wall time):",
+        "",
+        table(["category", "share"],
+              [[k, f"{100 * v:.1f}%"] for k, v in result["profile"].items()]),  # fmt: skip
+        "",
+        environment_block(result["environment"], target="python bench/bench_roofline.py"),
+    ])  # fmt: skip
+    replace_section(HEADING, body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,12 +1,13 @@
 """Roofline: how close training and encoding come to this machine's matmul peak, and where
 a training step's time goes.
 
-In one process, back to back: (1) the bf16 and fp32 ``torch.matmul`` peak (the best of a
-large square product and the model's MLP shape); (2) training steps of the demo recipe
-(gemma-3-270m, bf16, 32 NLI triplets per step, LoRA 8/32 on q_proj/v_proj); (3) encoding
-the STSb test sentences in batches of 32; (4) ``torch.profiler`` over training steps,
-self time per operator grouped into matmuls (base and LoRA), attention, dtype casts,
-other kernels, and the optimizer, tokenization and Python around them.
+In one process, back to back: (1) training steps of the demo recipe (gemma-3-270m,
+``--dtype auto``: bf16 where the CPU computes it natively, else fp32; 32 NLI triplets per
+step; LoRA 8/32 on q_proj/v_proj); (2) the bf16 and fp32 ``torch.matmul`` peak (the best
+of a large square product and the model's MLP shape); (3) encoding the STSb test
+sentences in batches of 32; (4) ``torch.profiler`` over training steps: operator self
+time grouped into matmuls (base and LoRA), attention, casts and copies, other kernels,
+plus the optimizer, tokenization and the Python around them.
 
 Model FLOPs per token (stated, not measured): with ``N`` the base's linear-layer weights
 (embeddings excluded; the tied output head is not used for embeddings), ``L`` layers,
@@ -106,7 +107,7 @@ def training_run(steps: int) -> tuple[dict, object, object]:
 
     config = TrainConfig.from_flat(
         model=MODEL, data=str(data_dir() / "nli" / "snli_devtest_triplets_tok.csv.gz"),
-        output="unused", steps=100, batch_size=32, lr=5e-4, dtype="bf16",
+        output="unused", steps=100, batch_size=32, lr=5e-4, dtype="auto",
     )  # fmt: skip
     data = load_training_data(config.dataset)
     embedder = build_embedder(config)
@@ -167,7 +168,7 @@ def encoding_run(embedder) -> dict:
 
 CATEGORIES = (
     ("attention", ("attention", "softmax", "_efficient_attention", "flash")),
-    ("dtype casts", ("aten::to", "aten::_to_copy", "aten::copy_")),
+    ("dtype casts and copies", ("aten::to", "aten::_to_copy", "aten::copy_")),
 )
 
 
@@ -180,6 +181,15 @@ def classify(name: str, shapes: list, lora_rank: int) -> str:
         if any(key in name for key in keys):
             return category
     return "other kernels"
+
+
+def _inside(event, name: str) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name == name:
+            return True
+        parent = parent.cpu_parent
+    return False
 
 
 def profile(step, steps: int, lora_rank: int = 8) -> dict:
@@ -195,15 +205,12 @@ def profile(step, steps: int, lora_rank: int = 8) -> dict:
             step_s, tokenize_s, _ = step(1000 + index)
             wall += step_s
             seconds["tokenization"] += tokenize_s
-    for event in prof.key_averages(group_by_input_shape=True):
-        if event.key == "optimizer":
-            seconds[event.key] += event.cpu_time_total / 1e6
-            continue
-        if event.key.startswith("Optimizer.") or event.key.startswith("aten::_foreach"):
-            continue  # inside "optimizer" already
-        seconds[classify(event.key, event.input_shapes, lora_rank)] += (
-            event.self_cpu_time_total / 1e6
-        )
+    for event in prof.events():
+        if event.name == "optimizer":
+            seconds["optimizer"] += event.cpu_time_total / 1e6
+        elif not _inside(event, "optimizer"):
+            category = classify(event.name, event.input_shapes, lora_rank)
+            seconds[category] += event.self_cpu_time_total / 1e6
     seconds["Python and framework (the rest)"] = max(wall - sum(seconds.values()), 0.0)
     return {name: round(value / wall, 4) for name, value in sorted(seconds.items(),
             key=lambda item: -item[1])}  # fmt: skip
@@ -220,15 +227,18 @@ def main() -> None:
     peak = peaks((32 * 16, shape["hidden"], shape["intermediate"]))
     encoding = encoding_run(embedder)
     breakdown = profile(step, args.profile_steps)
-    result = {"environment": environment(), "model": MODEL, "shape": shape, "peak_gflops": peak,
+    dtype = embedder.spec.dtype
+    result = {"environment": environment(), "model": MODEL, "dtype": dtype, "shape": shape,
+              "peak_gflops": peak,
               "training": training, "encoding": encoding, "profile": breakdown}  # fmt: skip
     save_result("roofline", result)
     write_docs(result)
 
 
 def write_docs(result: dict) -> None:
-    peak = max(result["peak_gflops"]["bf16"].values())
-    fp32 = max(result["peak_gflops"]["fp32"].values())
+    dtype = result["dtype"]
+    peak = max(result["peak_gflops"][dtype].values())
+    peaks_text = ", ".join(f"{max(v.values()):.0f} {k}" for k, v in result["peak_gflops"].items())
     rows = []
     for name in ("training", "encoding"):
         run = result[name]
@@ -237,10 +247,11 @@ def write_docs(result: dict) -> None:
                      f"{achieved:.0f}", f"{100 * achieved / peak:.0f}%"])  # fmt: skip
     shape = result["shape"]
     body = "\n".join([
-        f"{result['model']} (bf16): N = {shape['linear_params'] / 1e6:.1f}M linear weights in "
-        f"{shape['layers']} layers, attention width {shape['attention_width']}. Measured "
-        f"`torch.matmul` peak in the same run: **{peak:.0f} GFLOP/s bf16**, {fp32:.0f} fp32 "
-        f"(per shape: {result['peak_gflops']}). Training: {result['training']['steps']} steps "
+        f"{result['model']} ({dtype}, what `--dtype auto` chose here): N = "
+        f"{shape['linear_params'] / 1e6:.1f}M linear weights in {shape['layers']} layers, "
+        f"attention width {shape['attention_width']}. Measured `torch.matmul` peak in the same "
+        f"run: {peaks_text} GFLOP/s (per shape: {result['peak_gflops']}); fractions below are "
+        f"of the {dtype} peak. Training: {result['training']['steps']} steps "
         "of 32 triplets (median step "
         f"{result['training']['median_step_s']:.2f} s, "
         f"{result['training']['triplets_per_s']:.2f} triplets/s); encoding: the "
@@ -248,7 +259,8 @@ def write_docs(result: dict) -> None:
         "`bench/bench_roofline.py`'s docstring (training = 4N + 3 x attention, encoding = "
         "2N + attention), counted on real tokens.",
         "",
-        table(["pass", "real tokens/s", "padded tokens/s", "model GFLOP/s", "of bf16 peak"], rows),
+        table(["pass", "real tokens/s", "padded tokens/s", "model GFLOP/s", f"of {dtype} peak"],
+              rows),  # fmt: skip
         "",
         "Where a training step's time goes (`torch.profiler`, operator self time as a share of "
         "the step's wall time):",

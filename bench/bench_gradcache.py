@@ -3,9 +3,12 @@
 Every configuration is a real ``lmembed train`` run (``lmembed.cli.main``) in its own
 process tree, ``torchrun`` for the 2-process ones. Two peaks of resident memory:
 
-- whole run: ``ru_maxrss`` of the process tree (``os.wait4``), model load included;
+- whole run: each process's own peak (``VmHWM``), model load included;
 - training: the kernel's peak-RSS counter is reset (``/proc/self/clear_refs``) once the
-  model is built, so it covers the steps and the final save only (rank 0's, under torchrun).
+  model is built, so it covers the steps and the final save only.
+
+Under ``torchrun`` every rank reports both, and the tables give the sum over ranks (what
+the machine must hold) with each rank's figure beside it.
 
 Step time is the median over steps 2..N of ``log.jsonl`` (step 1 warms up). Last, one
 fp32 step of batch 16 as one process, two processes and GradCache: the three losses must
@@ -56,23 +59,42 @@ def peak_rss_kib() -> int:
     return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE).group(1))
 
 
-def train_worker(argv: list[str]) -> dict:
-    """``lmembed train ARGV``, with the peak-RSS counter reset after the model is built."""
+def train_worker(argv: list[str], rank_dir: str) -> dict:
+    """``lmembed train ARGV``, with the peak-RSS counter reset after the model is built;
+    every rank writes its peaks to ``rank_dir/RANK.json``."""
     from lmembed.cli import main
     from lmembed.training import trainer
 
     build = trainer.build_embedder
+    load_peak = []
 
     def build_then_reset_peak(config):
         embedder = build(config)
+        load_peak.append(peak_rss_kib())
         Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS (VmHWM)
         return embedder
 
     trainer.build_embedder = build_then_reset_peak
     main(["train", *argv])
-    if int(os.environ.get("RANK", "0")) > 0:
-        sys.exit(0)  # under torchrun, rank 0 alone reports
-    return {"train_peak_rss_mib": round(peak_rss_kib() / 1024)}
+    rank = int(os.environ.get("RANK", "0"))
+    train = peak_rss_kib()
+    peaks = {"rank": rank, "peak_rss_mib": round(max(train, *load_peak) / 1024),
+             "train_peak_rss_mib": round(train / 1024)}  # fmt: skip
+    Path(rank_dir, f"{rank}.json").write_text(json.dumps(peaks))
+    if rank > 0:
+        sys.exit(0)  # under torchrun, rank 0 alone writes the result
+    return {}
+
+
+def rank_peaks(rank_dir: Path) -> dict:
+    """Per-rank peaks and their sums (a single process: one rank)."""
+    ranks = sorted((json.loads(p.read_text()) for p in rank_dir.glob("*.json")),
+                   key=lambda r: r["rank"])  # fmt: skip
+    return {
+        "ranks": ranks,
+        "peak_rss_mib": sum(r["peak_rss_mib"] for r in ranks),
+        "train_peak_rss_mib": sum(r["train_peak_rss_mib"] for r in ranks),
+    }
 
 
 def train_argv(args: argparse.Namespace, output: Path, batch: int, steps: int) -> list[str]:
@@ -86,7 +108,9 @@ def train_argv(args: argparse.Namespace, output: Path, batch: int, steps: int) -
 def run(name: str, launcher: str, argv: list[str], workdir: Path) -> dict:
     """One training run in a fresh process tree: peaks, step times, losses."""
     result_path = workdir / f"{name}.json"
-    params = json.dumps({"argv": argv})
+    rank_dir = workdir / f"{name}.ranks"
+    rank_dir.mkdir()
+    params = json.dumps({"argv": argv, "rank_dir": str(rank_dir)})
     command = [*LAUNCHERS[launcher], __file__, "--worker", "train", "--params", params,
                "--result", str(result_path)]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -108,8 +132,8 @@ def run(name: str, launcher: str, argv: list[str], workdir: Path) -> dict:
         "wall_s": round(time.perf_counter() - started, 1),
         # Other users' processes slow a run down; a 1-minute load above ~2 means they ran.
         "load_avg_1min_after": round(os.getloadavg()[0], 2),
-        "peak_rss_mib": round(usage.ru_maxrss / 1024),  # Linux: KiB
-        **json.loads(result_path.read_text()),
+        "largest_process_peak_rss_mib": round(usage.ru_maxrss / 1024),  # Linux: KiB
+        **rank_peaks(rank_dir),
         "step_s": [round(s, 2) for s in step_s],
         "median_step_s": round(statistics.median(step_s), 2) if step_s else None,
         "losses": [record["loss"] for record in log],
@@ -180,13 +204,18 @@ def section(args: argparse.Namespace, env: dict, runs: dict, ratios: dict) -> st
         "one_process": f"1 process, batch {args.dp_batch}",
         "two_processes": f"2 gloo processes, global batch {args.dp_batch}",
     }
+    def memory(run: dict, key: str) -> str:
+        per_rank = " + ".join(str(r[key]) for r in run["ranks"])
+        return f"{run[key]} ({per_rank})" if len(run["ranks"]) > 1 else str(run[key])
+
     rows = [
         [label, runs[name]["median_step_s"],
          round(runs[name]["batch"] / runs[name]["median_step_s"], 2),
-         runs[name]["peak_rss_mib"], runs[name]["train_peak_rss_mib"]]
+         memory(runs[name], "peak_rss_mib"), memory(runs[name], "train_peak_rss_mib")]
         for name, label in names.items()
     ]  # fmt: skip
-    header = [f"run ({args.model}, bf16)", "s/step", "triplets/s", "peak RSS MiB (whole run)",
+    dtype = "bf16" if env.get("native_bf16") else "fp32"
+    header = [f"run ({args.model}, dtype auto: {dtype})", "s/step", "triplets/s", "peak RSS MiB (whole run)",
               "peak RSS MiB (training)"]  # fmt: skip
     rss = ratios["gradcache_vs_plain_peak_rss"]
     train_rss = ratios["gradcache_vs_plain_train_peak_rss"]
@@ -201,13 +230,13 @@ def section(args: argparse.Namespace, env: dict, runs: dict, ratios: dict) -> st
         "s/step is the median over steps 2..N. Peak RSS (whole run) includes the model load; "
         "peak RSS (training) restarts the kernel's counter once the model is built, so it "
         "counts what is resident then (weights, runtime, allocator caches) plus what the steps "
-        "add (rank 0's under torchrun).",
+        "add. Under torchrun both are the sum over ranks, each rank's in brackets.",
         table(header, rows),
         f"- GradCache peak RSS vs plain at batch {args.batch}: whole run {rss:.2f}x "
         f"{verdict(rss)}, training {train_rss:.2f}x {verdict(train_rss)} (target ≤ "
         f"{TARGET_RSS_RATIO}x). GradCache holds the graph of at most {args.mini_batch} texts "
         f"at a time instead of all {3 * args.batch}. The whole-run peaks include loading the "
-        "model (bf16 weights converted from the fp32 safetensors cache): compare the 1-process "
+        "model (weights converted from the fp32 safetensors cache): compare the 1-process "
         f"batch-{args.dp_batch} run's.\n"
         f"- GradCache time per step: {ratios['gradcache_vs_plain_step_time']:.2f}x plain "
         "(a second forward pass of every text, in smaller passes).\n"

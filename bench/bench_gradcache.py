@@ -204,6 +204,7 @@ def section(args: argparse.Namespace, env: dict, runs: dict, ratios: dict) -> st
         "one_process": f"1 process, batch {args.dp_batch}",
         "two_processes": f"2 gloo processes, global batch {args.dp_batch}",
     }
+
     def memory(run: dict, key: str) -> str:
         per_rank = " + ".join(str(r[key]) for r in run["ranks"])
         return f"{run[key]} ({per_rank})" if len(run["ranks"]) > 1 else str(run[key])
@@ -215,8 +216,8 @@ def section(args: argparse.Namespace, env: dict, runs: dict, ratios: dict) -> st
         for name, label in names.items()
     ]  # fmt: skip
     dtype = "bf16" if env.get("native_bf16") else "fp32"
-    header = [f"run ({args.model}, dtype auto: {dtype})", "s/step", "triplets/s", "peak RSS MiB (whole run)",
-              "peak RSS MiB (training)"]  # fmt: skip
+    header = [f"run ({args.model}, dtype auto: {dtype})", "s/step", "triplets/s",
+              "peak RSS MiB (whole run)", "peak RSS MiB (training)"]  # fmt: skip
     rss = ratios["gradcache_vs_plain_peak_rss"]
     train_rss = ratios["gradcache_vs_plain_train_peak_rss"]
 

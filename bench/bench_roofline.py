@@ -200,6 +200,7 @@ def profile(step, steps: int, lora_rank: int = 8) -> dict:
 
     wall = 0.0
     seconds: dict[str, float] = defaultdict(float)
+    other: dict[str, float] = defaultdict(float)
     with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for index in range(steps):
             step_s, tokenize_s, _ = step(1000 + index)
@@ -211,9 +212,13 @@ def profile(step, steps: int, lora_rank: int = 8) -> dict:
         elif not _inside(event, "optimizer"):
             category = classify(event.name, event.input_shapes, lora_rank)
             seconds[category] += event.self_cpu_time_total / 1e6
+            if category == "other kernels":
+                other[event.name] += event.self_cpu_time_total / 1e6
     seconds["Python and framework (the rest)"] = max(wall - sum(seconds.values()), 0.0)
-    return {name: round(value / wall, 4) for name, value in sorted(seconds.items(),
-            key=lambda item: -item[1])}  # fmt: skip
+    shares = {name: round(value / wall, 4) for name, value in sorted(seconds.items(),
+              key=lambda item: -item[1])}  # fmt: skip
+    top = sorted(other.items(), key=lambda item: -item[1])[:8]
+    return {"shares": shares, "other_kernels": {name: round(v / wall, 4) for name, v in top}}
 
 
 def main() -> None:
@@ -266,7 +271,11 @@ def write_docs(result: dict) -> None:
         "the step's wall time):",
         "",
         table(["category", "share"],
-              [[k, f"{100 * v:.1f}%"] for k, v in result["profile"].items()]),  # fmt: skip
+              [[k, f"{100 * v:.1f}%"] for k, v in result["profile"]["shares"].items()]),
+        "",
+        "The largest of the other kernels: " + ", ".join(
+            f"`{k}` {100 * v:.1f}%" for k, v in result["profile"]["other_kernels"].items()
+        ) + ".",
         "",
         environment_block(result["environment"], target="python bench/bench_roofline.py"),
     ])  # fmt: skip

@@ -86,6 +86,20 @@ def test_one_resolution_rule_saved_spec_then_explicit_options(tmp_path):
         resolve_spec()
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_dtype_auto_resolves_by_hardware_and_the_saved_spec_keeps_the_choice(
+    native, monkeypatch, tmp_path
+):
+    monkeypatch.setattr("lmembed.model.spec.native_bf16", lambda: native)
+    expected = "bf16" if native else "fp32"
+    assert EmbeddingSpec(model="base").dtype == expected  # auto is the default
+    assert EmbeddingSpec(model="base", dtype="fp16").dtype == "fp16"  # explicit wins
+    EmbeddingSpec(model="base", dtype="auto").save(tmp_path)
+    monkeypatch.setattr("lmembed.model.spec.native_bf16", lambda: not native)
+    assert resolve_spec(adapter=str(tmp_path)).dtype == expected  # the saved choice
+    assert resolve_spec(adapter=str(tmp_path), dtype="auto").dtype != expected  # asked again
+
+
 def test_train_flags_override_yaml_and_reach_nested_options(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text("model: m\nlora: {r: 16}\nprompt: '{s} is: '\ndata: a.csv\n")

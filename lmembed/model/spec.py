@@ -52,7 +52,7 @@ class EmbeddingSpec:
     dtype: DType = option(
         "auto",
         "backbone dtype (LoRA weights train in fp32); auto: bf16 where the hardware computes "
-        "it (CUDA, CPUs with AVX512-BF16 or AMX), else fp32, which is about 3x faster than "
+        "it (CUDA, CPUs with AVX512-BF16 or AMX), else fp32, several times faster than "
         "emulated bf16. The spec records the dtype auto chose",
     )
     append_eos: bool = option(True, "append the EOS token to every text (the paper's recipe)")

@@ -96,9 +96,9 @@ def flops(shape: dict, real: int, attended: int, training: bool) -> float:
     return 2 * matmul + 3 * attention if training else matmul + attention
 
 
-def training_run(steps: int) -> tuple[dict, object, object]:
+def training_run(steps: int) -> tuple[dict, object, object, dict]:
     """Time ``steps`` demo-recipe steps (after one warm-up step); returns the figures and
-    what the profile needs (the embedder and a step function)."""
+    what the rest of the run needs: the embedder, a step function and the model's shape."""
     from lmembed.data.training import load_training_data
     from lmembed.losses import build_loss
     from lmembed.training.config import TrainConfig
@@ -146,10 +146,10 @@ def training_run(steps: int) -> tuple[dict, object, object]:
                "real_tokens_per_s": real / median, "padded_tokens_per_s": padded / median,
                "flops_per_s": flops(shape, real, attended, training=True) / median,
                "triplets_per_s": config.batch_size / median}  # fmt: skip
-    return figures, embedder, step
+    return figures, embedder, step, shape
 
 
-def encoding_run(embedder) -> dict:
+def encoding_run(embedder, shape: dict) -> dict:
     from lmembed.data import load_sts
 
     task = load_sts("stsb", data_dir())
@@ -160,7 +160,6 @@ def encoding_run(embedder) -> dict:
     embedder.encode_ids(ids, batch_size=32)
     seconds = time.perf_counter() - began
     real, padded, attended = pass_tokens(embedder, ids, 32)
-    shape = model_shape(embedder)
     return {"texts": len(texts), "seconds": seconds, "real_tokens_per_s": real / seconds,
             "padded_tokens_per_s": padded / seconds,
             "flops_per_s": flops(shape, real, attended, training=False) / seconds}  # fmt: skip
@@ -227,10 +226,9 @@ def main() -> None:
     parser.add_argument("--profile-steps", type=int, default=2)
     args = parser.parse_args()
 
-    training, embedder, step = training_run(args.steps)
-    shape = model_shape(embedder)
+    training, embedder, step, shape = training_run(args.steps)
     peak = peaks((32 * 16, shape["hidden"], shape["intermediate"]))
-    encoding = encoding_run(embedder)
+    encoding = encoding_run(embedder, shape)
     breakdown = profile(step, args.profile_steps)
     dtype = embedder.spec.dtype
     result = {"environment": environment(), "model": MODEL, "dtype": dtype, "shape": shape,

@@ -24,7 +24,8 @@ def cpu_model() -> str:
 
 def native_bf16() -> bool:
     """Whether bf16 matmuls run in hardware here: a CUDA GPU with bf16, or a CPU with
-    AVX512-BF16 or AMX. Elsewhere torch emulates bf16, about 3x slower than fp32."""
+    AVX512-BF16 or AMX. Elsewhere torch emulates bf16, several times slower than fp32
+    (bench/bench_roofline.py measures both peaks)."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()

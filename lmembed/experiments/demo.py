@@ -39,7 +39,6 @@ def demo_config(output: Path, data: str, model: str, steps: int) -> TrainConfig:
         batch_size=32,
         lr=5e-4,
         warmup=10,
-        dtype="auto",
         save_every=25,
         resume=True,
     )

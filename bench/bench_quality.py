@@ -1,4 +1,4 @@
-"""Quality at equal budget: the three trainers of ``systems.py``, 100 steps x 32 each.
+"""Quality at equal budget: the trainers of ``systems.py``, 100 steps x 32 each.
 
 Same NLI triplets and batches, lr, schedule, seed and LoRA shape. Each trainer runs once
 per seed (~25 minutes of CPU for the three) in its own process and saves its LoRA
@@ -21,6 +21,7 @@ import argparse
 import json
 import tempfile
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,9 @@ from systems import (
     st_model,
 )
 
-SYSTEMS = ("lmembed", "reference", "sentence-transformers")
+from lmembed.model.embedder import Embedder
+
+SYSTEMS = ("lmembed", "reference", "reference+eos", "sentence-transformers")
 TASKS = ("stsb", "biosses", "sts17")
 HEADING = "Quality at equal budget"
 CHECK_TEXTS = 32
@@ -57,7 +60,7 @@ RESULT = RESULTS / "quality.json"
 def train_worker(system: str, recipe: dict, output: str, workdir: str) -> dict:
     # The reference's quality run pads each role to its longest text and skips the LM
     # head: the same embeddings (checked below), ~10x cheaper.
-    extra = {"pad_to_max": False} if system == "reference" else {}
+    extra = {"pad_to_max": False} if system.startswith("reference") else {}
     return TRAINERS[system](recipe, output, **extra)
 
 
@@ -68,16 +71,17 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def reference_checks(plan: Recipe, folder: Path, embedder, texts: list[str]) -> dict:
+def reference_checks(
+    plan: Recipe, folder: Path, embedder, texts: list[str], eos: bool = False
+) -> dict:
     """Cosines, on the trained reference model, between its exact embeddings (padded to
     150, all logits) and (a) the quality run's forward (b) ``Embedder`` with its LoRA."""
     model, tokenizer = reference_model(plan)
     load_lora(model, folder).eval()
-    exact = reference_embed(model, reference_tokenize(tokenizer, texts, plan.reference_max_length))
+    length = plan.reference_max_length
+    exact = reference_embed(model, reference_tokenize(tokenizer, texts, length, eos=eos))
     cheap = reference_embed(
-        model,
-        reference_tokenize(tokenizer, texts, plan.reference_max_length, pad=False),
-        logits=False,
+        model, reference_tokenize(tokenizer, texts, length, False, eos), logits=False
     )
     ours = embedder.embed(texts)
     return {"quality_run_forward": agreement(cheap, exact), "embedder": agreement(ours, exact)}
@@ -92,7 +96,18 @@ def st_check(plan: Recipe, folder: Path, embedder, texts: list[str]) -> dict:
     return {"embedder": agreement(embedder.embed(texts), theirs)}
 
 
-CHECKS = {"reference": reference_checks, "sentence-transformers": st_check}
+CHECKS = {
+    "reference": reference_checks,
+    "reference+eos": partial(reference_checks, eos=True),
+    "sentence-transformers": st_check,
+}
+
+
+def as_trained(embedder, system: str):
+    """The ``Embedder`` that embeds as ``system`` trained: the paper's code appends no EOS."""
+    if system != "reference":
+        return embedder
+    return Embedder(embedder.model, embedder.tokenizer, replace(embedder.spec, append_eos=False))
 
 
 def score(embedder, tasks: str, cache: bool) -> dict:
@@ -148,10 +163,11 @@ def train_and_score(plan: Recipe, tasks: str) -> dict:
             scores["base (no training)"] = score(embedder, tasks, cache=None)
         for system in SYSTEMS:
             load_lora(embedder.model, folders[system])
-            scores[system] = score(embedder, tasks, cache=False)
+            scored = as_trained(embedder, system)
+            scores[system] = score(scored, tasks, cache=False)
             print(f"seed {plan.seed}, {system}: {scores[system]}", flush=True)
             if system in CHECKS:  # while ``embedder`` holds this system's LoRA
-                checks[system] = CHECKS[system](plan, folders[system], embedder, texts)
+                checks[system] = CHECKS[system](plan, folders[system], scored, texts)
     for values in scores.values():
         values["average"] = round(float(np.mean(list(values.values()))), 2)
     training = {system: {"seconds": round(sum(run["step_s"]), 1),
@@ -201,7 +217,7 @@ def report(plan: Recipe, tasks: str, seeds: dict) -> None:
                      f"{loss:.3f}" if trained else "–",
                      f"{seconds:.0f}" if trained else "–"])  # fmt: skip
     verdicts = []
-    for other in ("reference", "sentence-transformers"):
+    for other in SYSTEMS[1:]:
         gap = mean("lmembed", "average") - mean(other, "average")
         better = [c for c in columns if mean("lmembed", c) >= mean(other, c)]
         wins = sum(run["scores"]["lmembed"]["average"] >= run["scores"][other]["average"]
@@ -230,9 +246,11 @@ def report(plan: Recipe, tasks: str, seeds: dict) -> None:
         f"at a given seed), lr {plan.lr} with {plan.warmup} warm-up steps and "
         f"cosine decay, AdamW (weight decay {plan.weight_decay}), gradient clipping 1.0, "
         "LoRA 8/32/0.1 on q_proj/v_proj over bf16 weights. Every trained LoRA "
-        "is scored through the same `Embedder` (EOS appended, last token) with "
-        "`lmembed.evaluation.evaluate`: Spearman x100. The loss column is the mean of the "
-        f"last 10 steps. {noise}",
+        "is scored through the same `Embedder` (last token) with "
+        "`lmembed.evaluation.evaluate`: Spearman x100, with EOS appended except for "
+        "`reference`, the paper's code as written, which neither trains nor embeds with it "
+        "(`reference+eos` is that code with EOS and an fp32 loss). The loss column is the "
+        f"mean of the last 10 steps. {noise}",
         table(["system", *columns, "average per seed", "final loss", "train s"], rows),
         "\n".join(verdicts),
         "Checks (cosine over 32 NLI sentences with the trained weights, mean / min, the "
@@ -240,9 +258,11 @@ def report(plan: Recipe, tasks: str, seeds: dict) -> None:
         f"and skips the LM head, instead of padding to {plan.reference_max_length} and "
         "computing all logits (left padding and position -1 either way; the full recipe "
         "would take over an hour for 100 steps here). Its embeddings match the full "
-        f"recipe's at {_worst(checks, 'reference', 'quality_run_forward')}; `Embedder` with "
-        "the reference's LoRA matches the full recipe at "
-        f"{_worst(checks, 'reference', 'embedder')}; `Embedder` with sentence-transformers' "
+        f"recipe's at {_worst(checks, 'reference', 'quality_run_forward')} "
+        f"({_worst(checks, 'reference+eos', 'quality_run_forward')} with EOS); `Embedder` "
+        "with the reference's LoRA matches the full recipe at "
+        f"{_worst(checks, 'reference', 'embedder')} "
+        f"({_worst(checks, 'reference+eos', 'embedder')}); `Embedder` with sentence-transformers' "
         "LoRA matches `SentenceTransformer.encode` at "
         f"{_worst(checks, 'sentence-transformers', 'embedder')}. Cosines below 1 come from "
         "bf16 rounding, which depends on the padding (in fp32, padding moves an embedding "

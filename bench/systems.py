@@ -3,19 +3,22 @@
 * ``lmembed``: ``lmembed.training.train`` as users call it.
 * ``reference``: the paper's training code (trapoom555/Language-Model-STS-CFT,
   ``train/contrastive_trainer.py`` and ``data/nli_preprocess.py``) rewritten for one CPU
-  process: ``AutoModelForCausalLM`` with ``output_hidden_states=True`` (so the vocabulary
-  logits are computed), each text tokenized up front and padded to ``max_length``, one forward
-  pass per role (anchor, positive, negative), the hidden state at position -1, the same
-  InfoNCE. The paper's tokenizers (MiniCPM's Llama tokenizer, Gemma's) pad on the left, so
-  position -1 is the appended EOS; Gemma-3's tokenizer pads left too. Its LoRA init is the
-  paper's ``init_lora_weights="gaussian"`` and ``pad_token = eos_token``.
+  process, as written: ``AutoModelForCausalLM`` with ``output_hidden_states=True`` (so the
+  vocabulary logits are computed), each text tokenized up front and padded to
+  ``max_length`` with no EOS appended (``pad_token = eos_token``; the tokenizer pads on the
+  left, so position -1 is the text's last token), one forward pass per role (anchor,
+  positive, negative), the hidden state at position -1, and InfoNCE normalised and scored in
+  the embeddings' dtype (bf16, as under the HF Trainer's ``--bf16``). Its LoRA init is the
+  paper's ``init_lora_weights="gaussian"``.
+* ``reference+eos``: the same code with the two changes the method describes and lmembed
+  makes: EOS appended to every text (so position -1 is EOS) and the loss in fp32.
 * ``sentence-transformers``: ``SentenceTransformerTrainer`` with
   ``MultipleNegativesRankingLoss`` (scale 20 = 1/0.05) on (anchor, positive, negative)
   columns, a ``Transformer`` + ``Pooling("lasttoken")`` model on the same safetensors
   folder, LoRA through peft (``get_peft_model`` on its backbone), EOS appended by the
   tokenizer's post-processor (token ids checked against ``Embedder.tokenize``).
 
-Shared by all three: the batches (lmembed's sampler, so each system embeds the same texts),
+Shared by all: the batches (lmembed's sampler, so each system embeds the same texts),
 bf16 base weights with fp32 LoRA weights, LoRA 8/32/0.1 on q_proj/v_proj, AdamW (weight
 decay 1e-4), cosine schedule with linear warmup, gradient clipping at 1.0. Each trainer
 returns per-step seconds and losses and saves its LoRA weights under portable names
@@ -26,9 +29,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from lmembed.data.sampler import batch_indices
@@ -165,12 +170,28 @@ def train_lmembed(recipe: dict, output: str, data: Triplets | None = None) -> di
 # --- the paper's recipe ---------------------------------------------------------------------
 
 
-def reference_tokenize(tokenizer, texts: list[str], max_length: int, pad: bool = True) -> dict:
-    """Truncate, append EOS, pad on the tokenizer's side (left) to ``max_length`` or longest."""
-    ids = tokenizer(texts, truncation=True, max_length=max_length - 1)["input_ids"]
-    ids = [row + [tokenizer.eos_token_id] for row in ids]
+def reference_tokenize(
+    tokenizer, texts: list[str], max_length: int, pad: bool = True, eos: bool = False
+) -> dict:
+    """Truncate, pad on the tokenizer's side (left) to ``max_length`` or the longest text;
+    ``eos`` ends every text with EOS first (``reference+eos``)."""
+    ids = tokenizer(texts, truncation=True, max_length=max_length - eos)["input_ids"]
+    if eos:
+        ids = [row + [tokenizer.eos_token_id] for row in ids]
     padding = {"padding": "max_length", "max_length": max_length} if pad else {"padding": True}
     return tokenizer.pad({"input_ids": ids}, return_tensors="pt", **padding)
+
+
+def paper_info_nce(
+    anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """The paper's loss as its code computes it: normalise, score and take the cross-entropy
+    in the embeddings' own dtype (bf16 there), where ``lmembed.losses.info_nce`` uses fp32."""
+    unit = [F.normalize(x, dim=-1) for x in (anchors, positives, negatives)]
+    anchors, positives, negatives = unit
+    logits = torch.cat((anchors @ positives.T, anchors @ negatives.T), dim=1)
+    labels = torch.arange(len(anchors), device=anchors.device)
+    return F.cross_entropy(logits / temperature, labels)
 
 
 def reference_model(plan: Recipe):
@@ -203,11 +224,13 @@ def reference_embed(model, batch: dict, logits: bool = True) -> torch.Tensor:
     return model(**batch, output_hidden_states=True).hidden_states[-1][:, -1, :]
 
 
-def train_reference(recipe: dict, output: str, pad_to_max: bool = True) -> dict:
+def train_reference(recipe: dict, output: str, pad_to_max: bool = True, eos: bool = False) -> dict:
     """The paper's training step. ``pad_to_max=False``: pad each role to its longest text and
-    skip the LM head, the same embeddings at a fraction of the cost (quality runs)."""
+    skip the LM head, the same embeddings at a fraction of the cost (quality runs).
+    ``eos``: the ``reference+eos`` variant (EOS appended, loss in fp32)."""
     from lmembed.losses import info_nce
 
+    loss_fn = info_nce if eos else paper_info_nce
     plan = Recipe(**recipe)
     torch.manual_seed(plan.seed)
     model, tokenizer = reference_model(plan)
@@ -220,7 +243,7 @@ def train_reference(recipe: dict, output: str, pad_to_max: bool = True) -> dict:
     if pad_to_max:
         for texts in roles:
             rows = [texts[i] for i in used]
-            encoded = reference_tokenize(tokenizer, rows, plan.reference_max_length)
+            encoded = reference_tokenize(tokenizer, rows, plan.reference_max_length, eos=eos)
             tokenized.append({i: (encoded["input_ids"][k], encoded["attention_mask"][k])
                               for k, i in enumerate(used)})  # fmt: skip
 
@@ -239,10 +262,10 @@ def train_reference(recipe: dict, output: str, pad_to_max: bool = True) -> dict:
                           "attention_mask": torch.stack([r[1] for r in rows])}  # fmt: skip
             else:
                 inputs = reference_tokenize(
-                    tokenizer, [texts[i] for i in batch], plan.reference_max_length, pad=False
+                    tokenizer, [texts[i] for i in batch], plan.reference_max_length, False, eos
                 )
             vectors.append(reference_embed(model, inputs, logits=pad_to_max))
-        loss = info_nce(*vectors, temperature=plan.temperature)
+        loss = loss_fn(*vectors, temperature=plan.temperature)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
@@ -378,5 +401,6 @@ def _in_order(dataset, **kwargs):
 TRAINERS = {
     "lmembed": train_lmembed,
     "reference": train_reference,
+    "reference+eos": partial(train_reference, eos=True),
     "sentence-transformers": train_sentence_transformers,
 }

@@ -8,8 +8,8 @@ targets against the first one's full-size float32 score.
 
     flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_sizes.py \
         --model gemma-3-270m --tasks all --dims 640,256,128,64 \
-        --precisions float32,int8,binary \
-        --adapter plain=runs/demo/adapter --adapter matryoshka=runs/demo-mrl/adapter
+        --precisions float32,int8,binary --retrieval stsb-paraphrase-mini \
+        --adapter plain=runs/demo/adapter --adapter matryoshka=runs/demo-mrl
 
 writes ``bench/results/sizes.json``, ``docs/img/bench-sizes-LABEL.png`` and the
 "Quality against size" section of ``docs/benchmarks.md``.
@@ -49,6 +49,9 @@ def main() -> None:
         help="an adapter to score (repeat to compare); none: the base model",
     )
     parser.add_argument("--tasks", default="quick")
+    parser.add_argument(
+        "--retrieval", default="", help="retrieval tasks (NDCG@10), comma-separated; none if empty"
+    )
     parser.add_argument("--dims", default="576,256,128,64")
     parser.add_argument("--precisions", default="float32,int8,binary")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -82,13 +85,15 @@ def main() -> None:
             args.precisions.split(","),
             tasks=args.tasks,
             data_dir=data_dir(),
+            retrieval=[t for t in args.retrieval.split(",") if t],
             batch_size=args.batch_size,
         )
         del embedder
         tables[label] = table
         runs.append({"label": label, "elapsed_s": round(time.perf_counter() - started, 1),
                      **table.to_dict()})  # fmt: skip
-    result = {"environment": environment(), "tasks": args.tasks, "runs": runs}
+    result = {"environment": environment(), "tasks": args.tasks, "retrieval": args.retrieval,
+              "runs": runs}  # fmt: skip
     save_result("sizes", result)
     write_docs(tables, result)
 
@@ -135,7 +140,8 @@ def write_docs(tables: dict, result: dict) -> None:
     base_only = all(not run["spec"].get("adapter") for run in result["runs"])
     body = "\n".join([
         f"STS Spearman x100 at each size and precision ({result['tasks']} tasks; int8 ranges "
-        "calibrated on each task's own sentences; binary scored by Hamming distance)."
+        "calibrated on each task's own sentences; binary scored by Hamming distance); the "
+        "average is over the STS tasks, retrieval NDCG@10 x100 (if any) stands beside it."
         + (" The base model has no contrastive training, so the rows show what truncation "
            "and quantisation cost, not a usable embedding." if base_only else ""),
         "",

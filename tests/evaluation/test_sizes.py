@@ -6,7 +6,13 @@ import pytest
 from scipy.stats import spearmanr
 
 from lmembed.data.sts import load_sts
-from lmembed.evaluation.sizes import MemoEncoder, SizedEncoder, SizeOptions, evaluate_sizes
+from lmembed.evaluation.sizes import (
+    MemoEncoder,
+    SizedEncoder,
+    SizeOptions,
+    SizeRow,
+    evaluate_sizes,
+)
 from lmembed.evaluation.sts import score_task
 from lmembed.model import Embedder
 from lmembed.quantization import quantize, similarity, truncate
@@ -101,3 +107,9 @@ def test_options_are_checked(embedder, sts_file):
         SizeOptions(precision=["int4"])
     with pytest.raises(ValueError, match="exceed the embedding size 32"):
         evaluate_sizes(embedder, [64], ["float32"], tasks=[str(sts_file)])
+
+
+def test_average_is_over_sts_tasks_with_retrieval_beside_it():
+    row = SizeRow(64, "int8", 64, {"stsb": 80.0, "sickr": 70.0, "toy ndcg@10": 10.0})
+    assert row.average == 75.0
+    assert SizeRow(64, "int8", 64, {"toy ndcg@10": 10.0, "other ndcg@10": 20.0}).average == 15.0

@@ -81,6 +81,11 @@ def export(
     if kind == "adapter":
         return _copy_adapter(spec_options.get("adapter"), spec_options.get("model"), output)
     spec = resolve_spec(spec_options)
+    if spec.attention != "causal" and kind != "merged":
+        raise ExportError(
+            f"--format {kind} runs the backbone with its own causal mask, so it cannot "
+            f"reproduce --attention {spec.attention}; export with --format merged or adapter"
+        )
     if kind == "sentence-transformers":
         st_prompts(spec)  # fail before loading the model
     embedder = Embedder.from_spec(spec.replace(dtype="fp32")).merge_lora()

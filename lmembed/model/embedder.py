@@ -102,8 +102,11 @@ class Embedder(torch.nn.Module):
     def forward(self, batch: BatchEncoding | dict) -> torch.Tensor:
         """Pooled embeddings for a padded batch (keeps the autograd graph)."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
+        mask = batch["attention_mask"]
+        if self.spec.attention == "bidirectional":
+            batch["attention_mask"] = bidirectional_mask(mask, self.model.dtype)
         hidden = self.model(**batch).last_hidden_state
-        return pool(hidden, batch["attention_mask"], self.spec.pooling)
+        return pool(hidden, mask, self.spec.pooling)
 
     def chunks(self, ids: list[list[int]], size: int) -> list[list[int]]:
         """Positions of ``ids``, longest first, cut into chunks of at most ``size`` texts.
@@ -222,3 +225,15 @@ def _eos_to_append(tokenizer: PreTrainedTokenizerBase) -> int | None:
         return None
     probe = tokenizer("a")["input_ids"]
     return None if probe and probe[-1] == eos else eos
+
+
+def bidirectional_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive 4D mask (batch, 1, query, key) of bidirectional attention: every position
+    sees every real token, never a pad. transformers passes a 4D mask to the attention as it
+    is, for every architecture, so this one switch works for all of them (Gemma-3's sliding
+    layers then see the whole text too, the same thing below its 512-token window)."""
+    length = attention_mask.shape[1]
+    keys = attention_mask[:, None, None, :].bool().expand(-1, 1, length, length)
+    return torch.zeros(keys.shape, dtype=dtype, device=keys.device).masked_fill(
+        ~keys, torch.finfo(dtype).min
+    )

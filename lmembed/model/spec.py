@@ -24,6 +24,7 @@ from lmembed.system import native_bf16
 
 SPEC_FILE = "lmembed.json"
 Pooling = Literal["last", "mean"]
+Attention = Literal["causal", "bidirectional"]
 DType = Literal["auto", "bf16", "fp32", "fp16"]
 Role = Literal["query", "document"]
 ROLES: tuple[Role, ...] = ("query", "document")
@@ -32,7 +33,7 @@ DEFAULT_MAX_LENGTH = 128
 
 @dataclass
 class EmbeddingSpec:
-    """The embedding function: model (+ adapter), prompts, pooling, length, dtype."""
+    """The embedding function: model (+ adapter), prompts, pooling, attention, length, dtype."""
 
     model: str = option("gemma-3-270m", "model: packaged alias, .gguf, folder or hub id")
     adapter: str | None = option(
@@ -48,6 +49,12 @@ class EmbeddingSpec:
         None, "template for documents/positives/negatives (default: --prompt)"
     )
     pooling: Pooling = option("last", "pooling of the last hidden states: last token or mean")
+    attention: Attention = option(
+        "causal",
+        "causal: each token sees those before it (the paper's; how the model was pretrained); "
+        "bidirectional: every token sees every real token, as LLM2Vec and EmbeddingGemma do "
+        "(usually with --pooling mean)",
+    )
     max_length: int = option(DEFAULT_MAX_LENGTH, "max tokens per text, EOS included")
     dtype: DType = option(
         "auto",

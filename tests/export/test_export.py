@@ -166,6 +166,20 @@ def test_clear_errors(tmp_path, tiny_llama):
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
 
 
+def test_bidirectional_attention_exports_merged_and_is_refused_by_graph_formats(
+    tmp_path, tiny_llama, sentences
+):
+    options = {"model": str(tiny_llama), "attention": "bidirectional", "dtype": "fp32"}
+    for fmt in ("onnx", "openvino", "sentence-transformers"):
+        with pytest.raises(ExportError, match=f"--format {fmt} .* --attention bidirectional"):
+            export(tmp_path / fmt, kind=fmt, **options)
+    out = export(tmp_path / "merged", kind="merged", **options)
+    reloaded = Embedder.from_pretrained(model=str(out))
+    assert reloaded.spec.attention == "bidirectional"
+    want = Embedder.from_pretrained(**options).encode(sentences)
+    np.testing.assert_allclose(reloaded.encode(sentences), want, atol=1e-5)
+
+
 def test_adapter_export_copies_only_the_adapter(tmp_path, adapters):
     adapter = adapters("llama-suffix-truncated")
     out = export(tmp_path / "copy", adapter=adapter, kind="adapter")

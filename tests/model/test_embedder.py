@@ -82,3 +82,44 @@ def test_bad_specs_give_clear_errors(tmp_path):
     with pytest.raises(ModelNotFoundError, match="not a packaged alias"):
         resolve("no-such-model")
     assert resolve("microsoft/phi-2") == "microsoft/phi-2"
+
+
+def _first_token_states(embedder: Embedder, texts: list[str]) -> torch.Tensor:
+    """The backbone's last hidden state at position 0, captured inside ``Embedder.forward``."""
+    seen = []
+    hook = embedder.model.register_forward_hook(lambda m, a, out: seen.append(out[0]))
+    with torch.no_grad():
+        embedder(embedder.collate(embedder.tokenize(texts)))
+    hook.remove()
+    return seen[0][:, 0]
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_bidirectional_attention_sees_later_tokens_and_never_pads(tiny_models, arch):
+    """With bidirectional attention the first token's state depends on the last word (not
+    so when causal), and padding on either side still gives the vectors of texts alone."""
+    causal = _embedder(tiny_models[arch], pooling="mean")
+    both = _embedder(tiny_models[arch], pooling="mean", attention="bidirectional")
+    texts = ["a cat sits", "a cat runs"]  # the same length: no padding
+    first = _first_token_states(causal, texts)
+    torch.testing.assert_close(first[0], first[1])
+    first = _first_token_states(both, texts)
+    assert not torch.allclose(first[0], first[1], atol=1e-4)
+    alone = np.stack([both.encode([t])[0] for t in TEXTS])
+    for side in ("left", "right"):
+        both.tokenizer.padding_side = side
+        np.testing.assert_allclose(both.encode(TEXTS, batch_size=3), alone, atol=1e-5)
+    assert not np.allclose(causal.encode(TEXTS), alone, atol=1e-3)
+
+
+def test_bidirectional_mask_matches_transformers_own_switch(tmp_path):
+    """On Gemma-3, whose config has a bidirectional switch (EmbeddingGemma), our mask gives
+    exactly the hidden states transformers gives with the switch on."""
+    folder = make_tiny_model(tmp_path / "gemma3", "gemma3", padding_side="left")
+    ours = _embedder(folder, attention="bidirectional", pooling="mean")
+    theirs = _embedder(folder, pooling="mean")
+    theirs.model.config.use_bidirectional_attention = True
+    texts = ["a cat", "the dog ran"]  # in tokens, shorter than the sliding window (16)
+    np.testing.assert_allclose(ours.encode(texts), theirs.encode(texts), atol=1e-5)
+    theirs.model.config.use_bidirectional_attention = False
+    assert not np.allclose(ours.encode(texts), theirs.encode(texts), atol=1e-3)

@@ -1,0 +1,159 @@
+"""Training-step candidates, each against the current step on the same batches.
+
+Every candidate is a separately built demo-recipe trainer (gemma-3-270m, ``--dtype auto``,
+32 NLI triplets per step, LoRA 8/32/0.1 on q_proj/v_proj) in this one process. Each round
+runs one step of every trainer on the same batch, in rotated order; a candidate's speed-up
+is the current step's seconds over its own in the same round, median (min-max) over rounds.
+Candidates (issue 17):
+
+* ``eager attention``: transformers' eager attention instead of its default (sdpa);
+* ``torch.compile``: the backbone's forward compiled (inductor, dynamic shapes), so the
+  elementwise kernels around the matmuls (norms, GELU, residuals, LoRA scaling) can fuse;
+* ``no LoRA dropout`` (measurement only: it changes the recipe): what dropout's masks cost.
+
+    flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_step_options.py
+
+writes ``bench/results/step_options.json`` and the "Training-step candidates" section of
+``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from common import (
+    alternating,
+    data_dir,
+    environment,
+    environment_block,
+    fmt_ratio,
+    replace_section,
+    save_result,
+    spread,
+    table,
+)
+
+HEADING = "Training-step candidates"
+MODEL = "gemma-3-270m"
+BASELINE = "current"
+
+
+def eager(embedder) -> None:
+    embedder.model.get_base_model().set_attn_implementation("eager")
+
+
+def compiled(embedder) -> None:
+    base = embedder.model.get_base_model()
+    base.forward = torch.compile(base.forward, dynamic=True)
+
+
+def no_dropout(embedder) -> None:
+    for module in embedder.model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+CANDIDATES: dict[str, Callable | None] = {
+    BASELINE: None,
+    "eager attention": eager,
+    "torch.compile": compiled,
+    "no LoRA dropout (measure only)": no_dropout,
+}
+
+
+def trainer(change: Callable | None, config, loss_fn) -> Callable[[tuple], float]:
+    """A fresh demo-recipe embedder with ``change`` applied; returns its timed step."""
+    from lmembed.training.distributed import Distributed
+    from lmembed.training.trainer import build_embedder, forward_backward
+
+    embedder = build_embedder(config)
+    if change is not None:
+        change(embedder)
+    embedder.train()
+    trainable = [p for p in embedder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr)
+    job = Distributed()
+
+    def step(texts: tuple) -> float:
+        began = time.perf_counter()
+        forward_backward(embedder, loss_fn, texts, job, [len(texts[0])])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - began
+
+    return step
+
+
+def main() -> None:
+    from lmembed.data.training import load_training_data
+    from lmembed.losses import build_loss
+    from lmembed.training.config import TrainConfig
+    from lmembed.training.trainer import batch_texts
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=6, help="timed rounds")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiles)")
+    parser.add_argument("--only", nargs="*", default=None, help="candidates to run")
+    args = parser.parse_args()
+
+    config = TrainConfig.from_flat(
+        model=MODEL, data=str(data_dir() / "nli" / "snli_devtest_triplets_tok.csv.gz"),
+        output="unused", steps=100, batch_size=32, lr=5e-4, dtype="auto",
+    )  # fmt: skip
+    data = load_training_data(config.dataset)
+    loss_fn = build_loss("infonce", 0.05, 0.2)
+    names = [BASELINE, *[n for n in CANDIDATES if n != BASELINE and n in (args.only or [n])]]
+    steps, warmup_s = {}, {}
+    for name in names:
+        torch.manual_seed(config.seed)
+        steps[name] = trainer(CANDIDATES[name], config, loss_fn)
+        warmup_s[name] = [
+            round(steps[name](batch_texts(data.batch(i, 32, config.seed), True)), 2)
+            for i in range(args.warmup)
+        ]
+        print(f"{name}: warm-up steps {warmup_s[name]} s", flush=True)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(args.rounds):
+        texts = batch_texts(data.batch(args.warmup + r, 32, config.seed), True)
+        for name in alternating(names, r):
+            seconds[name].append(steps[name](texts))
+        print({name: round(values[-1], 2) for name, values in seconds.items()}, flush=True)
+    base = seconds[BASELINE]
+    result = {
+        "environment": environment(), "model": MODEL, "dtype": config.embedding.dtype,
+        "rounds": args.rounds, "warmup_s": warmup_s,
+        "median_step_s": {n: round(statistics.median(v), 3) for n, v in seconds.items()},
+        "speedup": {n: spread([b / c for b, c in zip(base, v, strict=True)])
+                    for n, v in seconds.items()},
+        "seconds": seconds,
+    }  # fmt: skip
+    save_result("step_options", result)
+    write_docs(result)
+
+
+def write_docs(result: dict) -> None:
+    rows = [
+        [name, ", ".join(f"{s:.1f}" for s in result["warmup_s"][name]),
+         f"{result['median_step_s'][name]:.2f}", fmt_ratio(result["speedup"][name])]
+        for name in result["median_step_s"]
+    ]  # fmt: skip
+    body = "\n".join([
+        f"{result['model']} ({result['dtype']}, what `--dtype auto` chose here), the demo "
+        f"recipe's step (32 triplets), {result['rounds']} rounds; each round runs every "
+        "trainer once on the same batch, in rotated order. Speed-up: the current step's "
+        "seconds over the candidate's in the same round, median (min-max). Warm-up steps are "
+        "untimed (compilation happens there).",
+        "",
+        table(["candidate", "warm-up steps (s)", "median step s", "speed-up"], rows),
+        "",
+        environment_block(result["environment"], target="bench/bench_step_options.py"),
+    ])  # fmt: skip
+    replace_section(HEADING, body)
+
+
+if __name__ == "__main__":
+    main()

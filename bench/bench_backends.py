@@ -2,14 +2,22 @@
 
 For each model: lmembed's torch ``Embedder`` (fp32), its ONNX export (fp32 and int8 weights,
 ``lmembed export --format onnx [--quantize int8]``) run on ONNX Runtime and on OpenVINO,
-and ``SentenceTransformer.encode`` with every backend that loads here (torch; ``onnx`` and
-``openvino`` need optimum, which does not install next to transformers 5, so the error is
-recorded instead). Same texts (the first N distinct STSb test sentences), batch 32 and max
-length (the model's lmembed default) for all; everything lives in this one process and each
-repeat runs the engines in rotated order after one warm-up call each. Speed-ups are per
-repeat against the fastest sentence-transformers backend, summarised as median (min-max).
-Quality: Spearman x100 on the quick STS set (stsb, biosses, sts17) for fp32 and int8.
+and ``SentenceTransformer.encode`` on torch (in this process) and on its ``onnx`` (fp32 and
+its own dynamic int8 helper) and ``openvino`` backends. Those two need optimum-onnx
+(transformers < 4.58) and optimum-intel (transformers < 5.6), which do not install next to
+lmembed's transformers 5, so they run in their own environments
+(``bench/st_backends_env.sh`` builds ``.venv-st-onnx`` and ``.venv-st-openvino``) through
+``bench/st_backend_worker.py``: sentence-transformers exports the model itself, once, and
+each timed repeat loads that export, encodes one warm-up batch and is timed over the texts.
+A backend whose environment is missing or fails is recorded with its error.
 
+Same texts (the first N distinct STSb test sentences), batch 32 and max length (the
+model's lmembed default) for all; each repeat runs the engines in rotated order after one
+warm-up call each. Speed-ups are per repeat against the fastest sentence-transformers
+backend, summarised as median (min-max). Quality: Spearman x100 on the quick STS set
+(stsb, biosses, sts17) for lmembed's fp32 and int8 graphs.
+
+    bench/st_backends_env.sh   # once
     flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_backends.py
 
 writes ``bench/results/backends.json`` and the "CPU inference backends" section of
@@ -19,13 +27,17 @@ writes ``bench/results/backends.json`` and the "CPU inference backends" section 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from common import (
+    ROOT,
     alternating,
     data_dir,
     environment,
@@ -72,8 +84,13 @@ def lmembed_engines(model: str, work: Path) -> tuple[dict, dict]:
     return engines, seconds
 
 
-def st_engines(model: str, work: Path, max_length: int) -> tuple[dict, dict]:
-    """sentence-transformers on each backend that loads, and the errors of those that don't."""
+ST_ENVS = {"onnx": ROOT / ".venv-st-onnx", "openvino": ROOT / ".venv-st-openvino"}
+WORKER = Path(__file__).with_name("st_backend_worker.py")
+
+
+def st_engines(model: str, work: Path, max_length: int, texts: list[str]) -> tuple[dict, dict]:
+    """sentence-transformers on torch here and on onnx/openvino in their environments, and
+    the errors of those that could not run."""
     from sentence_transformers import SentenceTransformer
 
     from lmembed.export import export
@@ -83,15 +100,20 @@ def st_engines(model: str, work: Path, max_length: int) -> tuple[dict, dict]:
         folder = PACKAGED_MODELS[model].locate()
     else:  # lmembed's own sentence-transformers export: EOS in the tokenizer, last token
         folder = export(work / "st", kind="sentence-transformers", model=model, dtype="fp32")
-    engines, errors = {}, {}
-    for backend in ("torch", "onnx", "openvino"):
+    st = SentenceTransformer(str(folder), device="cpu", backend="torch")
+    st.max_seq_length = max_length
+    engines, errors = {"sentence-transformers torch fp32": _StEncoder(st)}, {}
+    texts_file = work / "texts.json"
+    texts_file.write_text(json.dumps(texts), encoding="utf-8")
+    for backend, int8 in (("onnx", False), ("onnx", True), ("openvino", False)):
+        name = f"sentence-transformers {backend} {'int8' if int8 else 'fp32'}"
+        params = {"folder": str(folder), "saved": str(work / name.replace(" ", "-")),
+                  "backend": backend, "int8": int8, "texts": str(texts_file),
+                  "batch_size": BATCH, "max_length": max_length}  # fmt: skip
         try:
-            st = SentenceTransformer(str(folder), device="cpu", backend=backend)
-        except Exception as error:  # noqa: BLE001 - recorded in the results as the reason
-            errors[f"sentence-transformers {backend}"] = f"{type(error).__name__}: {error}"[:300]
-            continue
-        st.max_seq_length = max_length
-        engines[f"sentence-transformers {backend} fp32"] = _StEncoder(st)
+            engines[name] = _ExternalSt(ST_ENVS[backend], params, work / f"{name}.json")
+        except RuntimeError as error:
+            errors[name] = str(error)[-300:]
     return engines, errors
 
 
@@ -105,17 +127,54 @@ class _StEncoder:
         )
 
 
+class _ExternalSt:
+    """A sentence-transformers backend in another environment (``st_backend_worker.py``):
+    exported once here; ``timed`` is the worker's own measurement of one encode."""
+
+    def __init__(self, env: Path, params: dict, out: Path) -> None:
+        self.python = env / "bin" / "python"
+        if not self.python.is_file():
+            raise RuntimeError(f"{env} not found: run bench/st_backends_env.sh")
+        self.params = {**params, "out": str(out)}
+        self.prepared = self._run("prepare")  # export seconds and package versions
+
+    def _run(self, mode: str) -> dict:
+        params_file = Path(self.params["out"]).with_suffix(".params.json")
+        params_file.write_text(json.dumps(self.params), encoding="utf-8")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        done = subprocess.run([str(self.python), str(WORKER), mode, str(params_file)],
+                              env=env, capture_output=True, text=True)  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"{mode} failed: {done.stderr.strip()}")
+        return json.loads(Path(self.params["out"]).read_text(encoding="utf-8"))
+
+    def timed(self, texts: list[str]) -> float:
+        return self._run("encode")["seconds"]
+
+    def encode(self, texts, batch_size=BATCH, show_progress=False, role=None) -> np.ndarray:
+        self._run("encode")
+        return np.load(Path(self.params["out"]).with_suffix(".npy"))
+
+
+def seconds_of(engine, texts: list[str]) -> float:
+    """One timed encode: measured here, or by the worker for another environment."""
+    if isinstance(engine, _ExternalSt):
+        return engine.timed(texts)
+    start = time.perf_counter()
+    engine.encode(texts, batch_size=BATCH, show_progress=False)
+    return time.perf_counter() - start
+
+
 def time_engines(engines: dict, texts: list[str], repeats: int) -> dict[str, list[float]]:
     """Seconds per engine per repeat (rotated order; one warm-up call each first)."""
     for engine in engines.values():
-        engine.encode(texts[:BATCH], batch_size=BATCH, show_progress=False)
+        if not isinstance(engine, _ExternalSt):  # the worker warms up itself
+            engine.encode(texts[:BATCH], batch_size=BATCH, show_progress=False)
     names = list(engines)
     seconds: dict[str, list[float]] = {name: [] for name in names}
     for repeat in range(repeats):
         for name in alternating(names, repeat):
-            start = time.perf_counter()
-            engines[name].encode(texts, batch_size=BATCH, show_progress=False)
-            seconds[name].append(time.perf_counter() - start)
+            seconds[name].append(seconds_of(engines[name], texts))
             print(f"  {name}: {seconds[name][-1]:.2f} s", flush=True)
     return seconds
 
@@ -137,7 +196,7 @@ def bench_model(model: str, count: int, repeats: int, quality: bool) -> dict:
     texts = sts_sentences(count)
     with tempfile.TemporaryDirectory(prefix="bench-backends-") as tmp:
         engines, export_s = lmembed_engines(model, Path(tmp))
-        theirs, errors = st_engines(model, Path(tmp), max_length)
+        theirs, errors = st_engines(model, Path(tmp), max_length, texts)
         engines.update(theirs)
         reference = engines["lmembed torch fp32"].encode(texts, batch_size=BATCH)
         agreement = {
@@ -154,6 +213,7 @@ def bench_model(model: str, count: int, repeats: int, quality: bool) -> dict:
     return {
         "model": model, "texts": len(texts), "batch_size": BATCH, "max_length": max_length,
         "repeats": repeats, "export_seconds": export_s, "unavailable": errors,
+        "st_environments": {n: e.prepared for n, e in theirs.items() if isinstance(e, _ExternalSt)},
         "seconds": {name: spread(values) for name, values in seconds.items()},
         "texts_per_s": {n: round(len(texts) / statistics.median(v), 1) for n, v in seconds.items()},
         "vs_fastest_st": ratios, "fastest_st": fastest_st,
@@ -168,7 +228,9 @@ def section(results: list[dict], env: dict) -> str:
         "Texts: the first N distinct STSb test sentences; batch 32; max length = the model's "
         "lmembed default (MiniLM 256, gemma 128); all fp32 unless marked int8 (ONNX Runtime "
         "dynamic quantisation: int8 weights per channel, activations quantised per batch). "
-        "One process; every repeat runs the engines in rotated order after a warm-up call. "
+        "sentence-transformers' onnx and openvino backends run in their own environments "
+        "(their versions below), timed by the worker around one encode after a warm-up "
+        "batch; every repeat runs the engines in rotated order after a warm-up call. "
         "Speed-up: the fastest sentence-transformers backend's time over the engine's, per "
         "repeat, median (min-max). Cosine: lowest over the texts against lmembed torch fp32.",
     ]
@@ -195,6 +257,10 @@ def section(results: list[dict], env: dict) -> str:
         if result["quick_sts"]:
             scores = ", ".join(f"{k}: {v:.2f}" for k, v in result["quick_sts"].items())
             parts += ["", f"Quick STS (Spearman x100, average of 3): {scores}."]
+        for name, prepared in result["st_environments"].items():
+            versions = ", ".join(f"{k} {v}" for k, v in prepared["versions"].items())
+            parts += ["", f"{name}: exported by sentence-transformers in "
+                      f"{prepared['export_s']} s; {versions}."]  # fmt: skip
         for name, error in result["unavailable"].items():
             parts += ["", f"{name}: not measured, it fails to load here: `{error}`"]
     return "\n".join(parts) + "\n"

@@ -33,10 +33,17 @@ import time
 from collections import defaultdict
 
 import torch
-from common import data_dir, environment, environment_block, replace_section, save_result, table
+from common import (
+    data_dir,
+    demo_config,
+    environment,
+    environment_block,
+    replace_section,
+    save_result,
+    table,
+)
 
 HEADING = "Roofline"
-MODEL = "gemma-3-270m"
 
 
 def matmul_gflops(shape: tuple[int, int, int], dtype: torch.dtype, seconds: float = 2.0) -> float:
@@ -101,14 +108,10 @@ def training_run(steps: int) -> tuple[dict, object, object, dict]:
     what the rest of the run needs: the embedder, a step function and the model's shape."""
     from lmembed.data.training import load_training_data
     from lmembed.losses import build_loss
-    from lmembed.training.config import TrainConfig
     from lmembed.training.distributed import Distributed
     from lmembed.training.trainer import batch_texts, build_embedder, forward_backward
 
-    config = TrainConfig.from_flat(
-        model=MODEL, data=str(data_dir() / "nli" / "snli_devtest_triplets_tok.csv.gz"),
-        output="unused", steps=100, batch_size=32, lr=5e-4, dtype="auto",
-    )  # fmt: skip
+    config = demo_config()
     data = load_training_data(config.dataset)
     embedder = build_embedder(config)
     embedder.train()
@@ -231,8 +234,8 @@ def main() -> None:
     encoding = encoding_run(embedder, shape)
     breakdown = profile(step, args.profile_steps)
     dtype = embedder.spec.dtype
-    result = {"environment": environment(), "model": MODEL, "dtype": dtype, "shape": shape,
-              "peak_gflops": peak,
+    result = {"environment": environment(), "model": embedder.spec.model, "dtype": dtype,
+              "shape": shape, "peak_gflops": peak,
               "training": training, "encoding": encoding, "profile": breakdown}  # fmt: skip
     save_result("roofline", result)
     write_docs(result)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 from common import (
     alternating,
-    data_dir,
+    demo_config,
     environment,
     environment_block,
     fmt_ratio,
@@ -38,7 +38,6 @@ from common import (
 )
 
 HEADING = "Training-step candidates"
-MODEL = "gemma-3-270m"
 BASELINE = "current"
 
 
@@ -91,7 +90,6 @@ def trainer(change: Callable | None, config, loss_fn) -> Callable[[tuple], float
 def main() -> None:
     from lmembed.data.training import load_training_data
     from lmembed.losses import build_loss
-    from lmembed.training.config import TrainConfig
     from lmembed.training.trainer import batch_texts
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -100,10 +98,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="candidates to run")
     args = parser.parse_args()
 
-    config = TrainConfig.from_flat(
-        model=MODEL, data=str(data_dir() / "nli" / "snli_devtest_triplets_tok.csv.gz"),
-        output="unused", steps=100, batch_size=32, lr=5e-4, dtype="auto",
-    )  # fmt: skip
+    config = demo_config()
     data = load_training_data(config.dataset)
     loss_fn = build_loss("infonce", 0.05, 0.2)
     names = [BASELINE, *[n for n in CANDIDATES if n != BASELINE and n in (args.only or [n])]]
@@ -124,8 +119,8 @@ def main() -> None:
         print({name: round(values[-1], 2) for name, values in seconds.items()}, flush=True)
     base = seconds[BASELINE]
     result = {
-        "environment": environment(), "model": MODEL, "dtype": config.embedding.dtype,
-        "rounds": args.rounds, "warmup_s": warmup_s,
+        "environment": environment(), "model": config.embedding.model,
+        "dtype": config.embedding.dtype, "rounds": args.rounds, "warmup_s": warmup_s,
         "median_step_s": {n: round(statistics.median(v), 3) for n, v in seconds.items()},
         "speedup": {n: spread([b / c for b, c in zip(base, v, strict=True)])
                     for n, v in seconds.items()},

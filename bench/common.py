@@ -33,6 +33,14 @@ def data_dir() -> Path:
     return Path(os.environ.get("LMEMBED_DATA_DIR") or ROOT.parent / "shared" / "data")
 
 
+def demo_config():
+    """The demo recipe (``configs/gemma-3-270m-cpu.yaml``) on the shared NLI triplets."""
+    from lmembed.training.config import load_config
+
+    return load_config(ROOT / "configs" / "gemma-3-270m-cpu.yaml", data=str(nli_path()),
+                       output="unused")  # fmt: skip
+
+
 def nli_path() -> Path:
     path = data_dir() / "nli" / "snli_devtest_triplets_tok.csv.gz"
     if not path.is_file():

@@ -146,7 +146,8 @@ def paired(model: str, work: Path, n: int, shard_size: int, repeat: int) -> None
         f"and an in-memory run on {n:,} generated texts, tiny random llama, batch {BATCH}, "
         "each run in a fresh process: streamed throughput is "
         f"**{fmt_ratio(ratio)}** the in-memory call's (median, min-max over pairs; target "
-        "within 5%).",
+        f"within 5%: **{'met' if abs(ratio['median'] - 1) <= 0.05 else 'not met'}** on the "
+        "median).",
         "",
         environment_block(result["environment"], target="python bench/bench_corpus_encode.py"),
     ]))  # fmt: skip

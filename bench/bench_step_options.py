@@ -7,7 +7,7 @@ is the current step's seconds over its own in the same round, median (min-max) o
 Candidates (issue 17):
 
 * ``eager attention``: transformers' eager attention instead of its default (sdpa);
-* ``torch.compile``: the backbone's forward compiled (inductor, dynamic shapes), so the
+* ``torch.compile``: ``lmembed train --compile`` (inductor, dynamic shapes), so the
   elementwise kernels around the matmuls (norms, GELU, residuals, LoRA scaling) can fuse;
 * ``no LoRA dropout`` (measurement only: it changes the recipe): what dropout's masks cost.
 
@@ -37,17 +37,14 @@ from common import (
     table,
 )
 
+from lmembed.training.trainer import compile_backbone
+
 HEADING = "Training-step candidates"
 BASELINE = "current"
 
 
 def eager(embedder) -> None:
     embedder.model.get_base_model().set_attn_implementation("eager")
-
-
-def compiled(embedder) -> None:
-    base = embedder.model.get_base_model()
-    base.forward = torch.compile(base.forward, dynamic=True)
 
 
 def no_dropout(embedder) -> None:
@@ -59,7 +56,7 @@ def no_dropout(embedder) -> None:
 CANDIDATES: dict[str, Callable | None] = {
     BASELINE: None,
     "eager attention": eager,
-    "torch.compile": compiled,
+    "torch.compile": compile_backbone,
     "no LoRA dropout (measure only)": no_dropout,
 }
 

@@ -68,6 +68,15 @@ def build_embedder(config: TrainConfig) -> Embedder:
     return Embedder(backbone, tokenizer, spec)
 
 
+def compile_backbone(embedder: Embedder) -> None:
+    """``torch.compile`` the backbone in place (dynamic shapes: texts vary in length), so the
+    elementwise kernels between its matmuls fuse; weights and state-dict keys stay as they
+    are, so checkpoints and the saved adapter do not change."""
+    model = embedder.model
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.compile(dynamic=True)
+
+
 def total_steps(config: TrainConfig, data: TrainingData) -> int:
     if config.epochs is not None:
         return math.ceil(config.epochs * data.steps_per_epoch(config.batch_size))
@@ -145,6 +154,8 @@ def _train(config: TrainConfig, data: TrainingData | None, job: Distributed) -> 
     n_steps = total_steps(config, data)
     check_sharding(config.batch_size, [len(d) for d in data.datasets], n_steps, job.world_size)
     embedder = build_embedder(config).to(job.device)
+    if config.compile:
+        compile_backbone(embedder)
     seed_dropout(config.seed, job)
     loss_fn = build_loss(
         config.loss,

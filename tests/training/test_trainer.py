@@ -191,7 +191,7 @@ def test_compile_trains_the_same_adapter(tiny_llama, triplets_csv, tmp_path):
     adapter as eager training, up to the fused kernels' rounding. Without dropout: compiled
     dropout draws its masks from inductor's own generator (same distribution, other draws)."""
     eager = _config(
-        tiny_llama, triplets_csv, tmp_path / "eager", steps=3, save_every=0, lora_dropout=0.0
+        tiny_llama, triplets_csv, tmp_path / "eager", steps=2, save_every=0, lora_dropout=0.0
     )
     train(eager)
     train(eager.replace(output=str(tmp_path / "compiled"), compile=True))

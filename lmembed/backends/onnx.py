@@ -35,6 +35,9 @@ logger = logging.getLogger("lmembed")
 ONNX_FILE = "model.onnx"
 OPSET = 17
 AGREEMENT = 0.9999
+# int8 weights with per-batch int8 activations: a usable graph stays above this; models with
+# outlier activations (Gemma-3: token cosine ~0.1) fall far below it and are refused.
+INT8_AGREEMENT = 0.9
 INPUTS = ("input_ids", "attention_mask")
 # Texts for tracing and for the check: different batch sizes and lengths, so padding shows.
 TRACE_TEXTS = ["A man is playing a guitar.", "Two dogs run."]
@@ -129,7 +132,14 @@ def export_onnx(embedder: Embedder, folder: Path, quantize: Quantize | None = No
         return agreement
     _quantize_int8(fp32, path)
     fp32.unlink()
-    return check_graph(embedder, onnxruntime_run(path))
+    agreement = check_graph(embedder, onnxruntime_run(path))
+    if agreement < INT8_AGREEMENT:
+        raise ExportError(
+            f"{_architecture(embedder)}: int8 quantisation breaks this model's vectors (lowest "
+            f"token cosine against torch {agreement:.4f} < {INT8_AGREEMENT}; its activations "
+            "have outliers that per-batch int8 cannot hold); export without --quantize"
+        )
+    return agreement
 
 
 def _architecture(embedder: Embedder) -> str:

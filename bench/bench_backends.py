@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 from common import (
+    RESULTS,
     ROOT,
     alternating,
     data_dir,
@@ -271,7 +272,8 @@ def section(results: list[dict], env: dict) -> str:
             parts += ["", f"{name}: exported by sentence-transformers in "
                       f"{prepared['export_s']} s; {versions}."]  # fmt: skip
         for name, error in result["unavailable"].items():
-            parts += ["", f"{name}: not measured, it failed: `{error}`"]
+            last = error.strip().splitlines()[-1]
+            parts += ["", f"{name}: not measured, it failed: `{last}`"]
     return "\n".join(parts) + "\n"
 
 
@@ -281,7 +283,14 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-quality", action="store_true", help="skip the quick STS scores")
+    parser.add_argument(
+        "--from-results", action="store_true", help="only rewrite the docs section from the JSON"
+    )
     args = parser.parse_args()
+    if args.from_results:
+        saved = json.loads((RESULTS / "backends.json").read_text(encoding="utf-8"))
+        replace_section(HEADING, section(saved["results"], saved["environment"]))
+        return
     env = environment()
     results = []
     for model in args.models.split(","):

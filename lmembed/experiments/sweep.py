@@ -9,6 +9,7 @@ overrides. Runs with the same effective config share one folder,
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -306,12 +307,23 @@ def embedding_key(config: TrainConfig) -> str:
     return json.dumps(config.embedding.replace(adapter=None).to_dict(), sort_keys=True)
 
 
+def _default(option: dataclasses.Field) -> Any:
+    if option.default_factory is not dataclasses.MISSING:
+        return option.default_factory()
+    return option.default
+
+
+# What a run saved before an option existed did: the option's default (options are added
+# with the old behaviour as their default), so adding one does not orphan earlier runs.
+OPTION_DEFAULTS = {flat.name: _default(flat.field) for flat in flat_fields(TrainConfig)}
+
+
 def _check_previous(folder: Path, config: TrainConfig) -> None:
     """A folder left by an earlier sweep must hold the same run, or results would mix."""
     path = folder / "train_config.json"
     if not path.is_file():
         return
-    old = json.loads(path.read_text(encoding="utf-8"))
+    old = {**OPTION_DEFAULTS, **json.loads(path.read_text(encoding="utf-8"))}
     new = config.to_dict()
     changed = [k for k in new if k not in MANAGED and old.get(k) != new[k]]
     if changed:

@@ -133,6 +133,23 @@ def test_a_folder_from_another_config_is_refused(finished, tmp_path):
         load_sweep(changed, output)
 
 
+def test_a_run_saved_before_an_option_existed_still_matches(finished, tmp_path):
+    """A newer lmembed adds options (``attention``, ``compile``); a sweep folder written
+    before them holds their default behaviour and resumes, unless the option changed."""
+    config, output = finished
+    copy = tmp_path / "older"
+    shutil.copytree(output, copy)
+    saved = sorted(copy.glob("runs/*/train_config.json"))
+    for path in saved:
+        options = json.loads(path.read_text())
+        del options["attention"], options["compile"]
+        path.write_text(json.dumps(options))
+    load_sweep(config, copy)
+    changed = {**config, "base": {**config["base"], "attention": "bidirectional"}}
+    with pytest.raises(ValueError, match=r"attention: 'causal' -> 'bidirectional'"):
+        load_sweep(changed, copy)
+
+
 # ----------------------------------------------------------------- a finished sweep
 
 

@@ -71,10 +71,9 @@ def build_embedder(config: TrainConfig) -> Embedder:
 def compile_backbone(embedder: Embedder) -> None:
     """``torch.compile`` the backbone in place (dynamic shapes: texts vary in length), so the
     elementwise kernels between its matmuls fuse; weights and state-dict keys stay as they
-    are, so checkpoints and the saved adapter do not change."""
-    model = embedder.model
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.compile(dynamic=True)
+    are, so checkpoints and the saved adapter do not change. ``embedder.model`` is the peft
+    model ``build_embedder`` made."""
+    embedder.model.get_base_model().compile(dynamic=True)
 
 
 def total_steps(config: TrainConfig, data: TrainingData) -> int:

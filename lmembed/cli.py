@@ -85,10 +85,15 @@ class ExportOptions:
 class DemoOptions:
     """``lmembed demo``: the main job, before/after on the default model."""
 
-    output: str = option("runs/demo", "demo folder (rerun to resume)")
+    output: str | None = option(
+        None, "demo folder, rerun to resume (default: runs/demo, with --full runs/demo-full)"
+    )
     data_dir: str | None = option(None, "data folder (default: $LMEMBED_DATA_DIR)")
-    steps: int | None = option(None, "training steps (default: the demo recipe's)")
-    full: bool = option(False, "evaluate all nine STS tasks")
+    steps: int | None = option(None, "training steps (default: the recipe's)")
+    full: bool = option(
+        False,
+        "the 30-minute recipe (configs/gemma-3-270m-cpu-best.yaml) scored on all nine STS tasks",
+    )
     model: str = option("gemma-3-270m", "model to fine-tune")
 
 

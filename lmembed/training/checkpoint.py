@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 
 from lmembed.io import atomic_directory, committed_directory, remove_partial_writes
+from lmembed.training.averaging import ExponentialAverage
 from lmembed.training.faults import fault_point
 
 STATE_FILE = "trainer_state.json"
@@ -41,6 +42,7 @@ RESUME_MUST_MATCH = (
     "steps",
     "epochs",
     "lr",
+    "ema_decay",
 )
 
 
@@ -70,13 +72,15 @@ class TrainingState:
     """What a checkpoint holds: the live objects of a run and the options that made it.
 
     ``config`` is the flat option dict (``TrainConfig.to_dict()``); resuming checks the
-    options in ``RESUME_MUST_MATCH`` against it.
+    options in ``RESUME_MUST_MATCH`` against it. ``average`` is the weight average
+    (``--ema-decay``), if the run keeps one.
     """
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     config: dict[str, Any]
+    average: ExponentialAverage | None = None
 
     def save(
         self, folder: str | Path, step: int, rng_per_rank: list[dict[str, Any]] | None = None
@@ -114,6 +118,7 @@ class TrainingState:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "rng": rng_per_rank,
+                "average": self.average.state_dict() if self.average else None,
             },
             training,
         )
@@ -146,6 +151,8 @@ class TrainingState:
         self.optimizer.load_state_dict(training["optimizer"])
         self.scheduler.load_state_dict(training["scheduler"])
         set_rng_states(training["rng"][rank])
+        if self.average is not None:
+            self.average.load_state_dict(training["average"])
         return int(state["step"])
 
 

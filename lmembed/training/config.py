@@ -50,6 +50,12 @@ class TrainConfig:
     matryoshka_weights: list[float] = option(
         [], "weight of each --matryoshka-dims size in the summed loss (default: all 1)"
     )
+    ema_decay: float | None = option(
+        None,
+        "weight averaging: keep a bias-corrected exponential moving average of the LoRA "
+        "weights (window about 1/(1-decay) steps) and save it as the adapter; the last "
+        "step's weights go to OUTPUT/last-step. Off when unset",
+    )
     lora: LoraOptions = nested(LoraOptions, prefix="lora", help="the LoRA adapter")
     compile: bool = option(
         False,
@@ -73,6 +79,8 @@ class TrainConfig:
                 f"mini_batch_size must be at least 1 (or unset to disable GradCache), "
                 f"got {self.mini_batch_size}"
             )
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.embedding.matryoshka_dims:

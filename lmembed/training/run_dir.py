@@ -3,6 +3,7 @@
 ``lmembed train --output DIR`` writes:
 
 * the adapter (``adapter_model.safetensors``, ``adapter_config.json``, ``lmembed.json``);
+  with ``--ema-decay`` it holds the averaged weights and ``last-step/`` the last step's;
 * ``train_config.json``: every option, flat (``TrainConfig.to_dict()``);
 * ``log.jsonl``: one record per step (loss, lr, examples/s);
 * ``checkpoint/``: what ``--resume`` needs (``checkpoint.TrainingState``).
@@ -32,6 +33,11 @@ class RunDir:
     @property
     def checkpoint(self) -> Path:
         return self.path / "checkpoint"
+
+    @property
+    def last_step(self) -> Path:
+        """The last step's adapter when the run saves averaged weights (``--ema-decay``)."""
+        return self.path / "last-step"
 
     @property
     def log(self) -> Path:

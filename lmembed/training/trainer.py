@@ -20,6 +20,7 @@ from lmembed.losses import build_loss
 from lmembed.model.embedder import Embedder
 from lmembed.model.loading import load_backbone
 from lmembed.model.lora import attach_lora, load_adapter
+from lmembed.training.averaging import ExponentialAverage
 from lmembed.training.checkpoint import TrainingState
 from lmembed.training.config import TrainConfig
 from lmembed.training.distributed import (
@@ -74,6 +75,17 @@ def compile_backbone(embedder: Embedder) -> None:
     are, so checkpoints and the saved adapter do not change. ``embedder.model`` is the peft
     model ``build_embedder`` made."""
     embedder.model.get_base_model().compile(dynamic=True)
+
+
+def save_adapters(embedder: Embedder, run: RunDir, average: ExponentialAverage | None) -> None:
+    """The trained adapter; with weight averaging, the average there and the last step's
+    weights in ``last-step/`` (so one run gives both to compare on a dev set)."""
+    if average is None:
+        embedder.save_adapter(run.path)
+        return
+    embedder.save_adapter(run.last_step)
+    with average.applied():
+        embedder.save_adapter(run.path)
 
 
 def total_steps(config: TrainConfig, data: TrainingData) -> int:
@@ -166,7 +178,8 @@ def _train(config: TrainConfig, data: TrainingData | None, job: Distributed) -> 
     trainable = [p for p in embedder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(config.warmup, n_steps), n_steps)
-    state = TrainingState(embedder.model, optimizer, scheduler, config.to_dict())
+    average = ExponentialAverage(trainable, config.ema_decay) if config.ema_decay else None
+    state = TrainingState(embedder.model, optimizer, scheduler, config.to_dict(), average)
 
     start = 0
     if config.resume and run.has_checkpoint():
@@ -207,6 +220,8 @@ def _train(config: TrainConfig, data: TrainingData | None, job: Distributed) -> 
         if config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         optimizer.step()
+        if average is not None:
+            average.update()
         fault_point("optimizer_step")
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -221,6 +236,6 @@ def _train(config: TrainConfig, data: TrainingData | None, job: Distributed) -> 
             save_checkpoint_on_main(state, run.checkpoint, done, job)
 
     if job.is_main:
-        embedder.save_adapter(run.path)
+        save_adapters(embedder, run, average)
     save_checkpoint_on_main(state, run.checkpoint, n_steps, job)
     return TrainResult(run.path, n_steps, loss_value, time.perf_counter() - began)

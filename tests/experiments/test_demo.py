@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 from tiny_models import SHARED_DATA, require_shared
 
-from lmembed.experiments.demo import run_demo
+from lmembed.experiments.demo import demo_config, run_demo
+from lmembed.training.config import load_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.mark.slow
@@ -38,3 +41,15 @@ def test_demo_writes_report_with_before_after_and_baseline(tiny_llama, sts_dir, 
     searched = json.loads((tmp_path / "demo" / "after-retrieval.json").read_text())
     assert searched["tasks"]["stsb-paraphrase-mini"]["documents"] == 1500
     assert "## Retrieval (stsb-paraphrase-mini)" in text and "ndcg@10" in text.lower()
+
+
+@pytest.mark.parametrize(
+    ("recipe", "path"),
+    [("demo", "gemma-3-270m-cpu.yaml"), ("best", "gemma-3-270m-cpu-best.yaml")],
+)
+def test_config_files_hold_the_demo_recipes(recipe, path, tmp_path):
+    """``configs/`` is what users copy; ``lmembed demo`` runs the same options."""
+    config = load_config(CONFIGS / path, output=str(tmp_path / "adapter"), resume=True)
+    data = ",".join(config.dataset.data)
+    assert config == demo_config(tmp_path, data, "gemma-3-270m", recipe)
+    assert demo_config(tmp_path, data, "gemma-3-270m", recipe, steps=3).steps == 3

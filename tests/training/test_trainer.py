@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 
 from lmembed.data.sampler import batch_indices
@@ -76,8 +77,13 @@ def test_adapter_reload_reproduces_embeddings(tiny_llama, triplets_csv, tmp_path
     assert all(np.isfinite(r["loss"]) for r in log)
 
 
-def test_kill_and_resume_equals_uninterrupted_run(tiny_llama, triplets_csv, tmp_path, monkeypatch):
-    straight = _config(tiny_llama, triplets_csv, tmp_path / "straight", steps=5)
+@pytest.mark.parametrize("ema_decay", [None, 0.5], ids=["plain", "weight-average"])
+def test_kill_and_resume_equals_uninterrupted_run(
+    tiny_llama, triplets_csv, tmp_path, monkeypatch, ema_decay
+):
+    straight = _config(
+        tiny_llama, triplets_csv, tmp_path / "straight", steps=5, ema_decay=ema_decay
+    )
     train(straight)
 
     interrupted = straight.replace(output=str(tmp_path / "resumed"))
@@ -103,6 +109,45 @@ def test_kill_and_resume_equals_uninterrupted_run(tiny_llama, triplets_csv, tmp_
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     log = (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in log] == [1, 2, 3, 4, 5]
+
+
+def test_weight_average_is_the_bias_corrected_ema_of_each_steps_weights(
+    tiny_llama, triplets_csv, tmp_path, monkeypatch
+):
+    """``--ema-decay d`` saves sum_i (1-d) d^(t-i) w_i / (1-d^t) over the weights after
+    each step, and leaves training itself unchanged: ``last-step/`` equals a plain run."""
+    decay, steps = 0.6, 3
+    after_step = []
+    original = trainer_module.save_checkpoint_on_main
+
+    def snapshot(state, folder, step, job):
+        after_step.append({k: v.clone() for k, v in get_peft_model_state_dict(state.model).items()})
+        original(state, folder, step, job)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint_on_main", snapshot)
+    config = _config(tiny_llama, triplets_csv, tmp_path / "plain", steps=steps, save_every=1)
+    train(config)
+    after_step.clear()
+    train(config.replace(output=str(tmp_path / "ema"), ema_decay=decay))
+    assert len(after_step) == steps  # steps 1..t-1, then the final checkpoint
+
+    plain = load_file(str(tmp_path / "plain" / "adapter_model.safetensors"))
+    last = load_file(str(tmp_path / "ema" / "last-step" / "adapter_model.safetensors"))
+    averaged = load_file(str(tmp_path / "ema" / "adapter_model.safetensors"))
+    assert plain.keys() == last.keys() == averaged.keys()
+    norm = 1 - decay**steps
+    for key in plain:
+        torch.testing.assert_close(last[key], plain[key], rtol=0, atol=0)
+        expected = (
+            sum(
+                (1 - decay) * decay ** (steps - i) * after_step[i - 1][key].float()
+                for i in range(1, steps + 1)
+            )
+            / norm
+        )
+        torch.testing.assert_close(averaged[key], expected, rtol=1e-6, atol=1e-7)
+    assert any(not torch.equal(averaged[k], plain[k]) for k in plain)
+    assert Embedder.from_pretrained(adapter=tmp_path / "ema" / "last-step").spec.model
 
 
 def test_resume_refuses_changed_options(tiny_llama, triplets_csv, tmp_path):

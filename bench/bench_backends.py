@@ -1,7 +1,7 @@
 """CPU inference: lmembed on torch, ONNX Runtime and OpenVINO against sentence-transformers.
 
-For each model: lmembed's torch ``Embedder`` (fp32), its ONNX export (fp32 and int8 weights,
-``lmembed export --format onnx [--quantize int8]``) run on ONNX Runtime and on OpenVINO,
+For each model: lmembed's torch ``Embedder`` (fp32), its ONNX export (fp32 and two int8 forms,
+``lmembed export --format onnx [--quantize int8|int8-block]``) run on ONNX Runtime and OpenVINO,
 and ``SentenceTransformer.encode`` on torch (in this process) and on its ``onnx`` (fp32 and
 its own dynamic int8 helper) and ``openvino`` backends. Those two need optimum-onnx
 (transformers < 4.58) and optimum-intel (transformers < 5.6), which do not install next to
@@ -76,7 +76,7 @@ def lmembed_engines(model: str, work: Path) -> tuple[dict, dict, dict]:
 
     engines = {"lmembed torch fp32": Embedder.from_pretrained(model, dtype="fp32")}
     seconds, errors = {}, {}
-    for quantize in (None, "int8"):
+    for quantize in (None, "int8", "int8-block"):
         label = quantize or "fp32"
         start = time.perf_counter()
         try:
@@ -215,7 +215,8 @@ def bench_model(model: str, count: int, repeats: int, quality: bool) -> dict:
             name: round(float(cosines(e.encode(texts, batch_size=BATCH), reference).min()), 6)
             for name, e in engines.items()
         }
-        graphs = [name for name in ("lmembed onnx fp32", "lmembed onnx int8") if name in engines]
+        graphs = [f"lmembed onnx {label}" for label in ("fp32", "int8", "int8-block")]
+        graphs = [name for name in graphs if name in engines]
         scores = quick_sts(engines, graphs) if quality else {}
     fastest_st = min(theirs, key=lambda name: statistics.median(seconds[name]))
     ratios = {
@@ -239,7 +240,8 @@ def section(results: list[dict], env: dict) -> str:
         "",
         "Texts: the first N distinct STSb test sentences; batch 32; max length = the model's "
         "lmembed default (MiniLM 256, gemma 128); all fp32 unless marked int8 (ONNX Runtime "
-        "dynamic quantisation: int8 weights per channel, activations quantised per batch). "
+        "dynamic quantisation: int8 weights per channel, activations quantised per batch) or "
+        "int8-block (MatMulNBits: weights and activations with a scale per block of 32). "
         "sentence-transformers' onnx and openvino backends run in their own environments "
         "(their versions below), timed by the worker around one encode after a warm-up "
         "batch; every repeat runs the engines in rotated order after a warm-up call. "

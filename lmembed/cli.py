@@ -16,11 +16,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from lmembed.backends import BackendOptions
 from lmembed.evaluation.sizes import SizeOptions
-from lmembed.export import ExportFormat
+from lmembed.export import ExportFormat, Quantize
 from lmembed.model.spec import EmbeddingSpec
 from lmembed.options import add_flags, build, given, nested, option
 from lmembed.training.checkpoint import CheckpointWriteError
@@ -76,8 +76,11 @@ class ExportOptions:
     normalize: bool = option(
         True, "sentence-transformers: unit-length vectors (a Normalize module), as encode gives"
     )
-    quantize: Literal["int8"] | None = option(
-        None, "int8 weights for --format onnx|openvino (ONNX Runtime dynamic quantisation)"
+    quantize: Quantize | None = option(
+        None,
+        "int8 weights for --format onnx|openvino: int8 (ONNX Runtime dynamic quantisation, "
+        "fastest) or int8-block (blocks of 32, MatMulNBits: for models whose activations "
+        "have outliers, e.g. Gemma-3); every int8 graph is checked against torch",
     )
 
 

@@ -35,9 +35,10 @@ logger = logging.getLogger("lmembed")
 ONNX_FILE = "model.onnx"
 OPSET = 17
 AGREEMENT = 0.9999
-# int8 weights with per-batch int8 activations: a usable graph stays above this; models with
-# outlier activations (Gemma-3: token cosine ~0.1) fall far below it and are refused.
+# A usable int8 graph stays above this; per-batch int8 activations on a model with outlier
+# activations (Gemma-3: token cosine ~0.1) fall far below it and are refused.
 INT8_AGREEMENT = 0.9
+INT8_BLOCK = 32  # int8-block: weights and activations share a scale per 32 inputs
 INPUTS = ("input_ids", "attention_mask")
 # Texts for tracing and for the check: different batch sizes and lengths, so padding shows.
 TRACE_TEXTS = ["A man is playing a guitar.", "Two dogs run."]
@@ -130,14 +131,15 @@ def export_onnx(embedder: Embedder, folder: Path, quantize: Quantize | None = No
         )
     if quantize is None:
         return agreement
-    _quantize_int8(fp32, path)
+    QUANTIZERS[quantize](fp32, path)
     fp32.unlink()
     agreement = check_graph(embedder, onnxruntime_run(path))
     if agreement < INT8_AGREEMENT:
+        hint = "try --quantize int8-block" if quantize == "int8" else "export without --quantize"
         raise ExportError(
-            f"{_architecture(embedder)}: int8 quantisation breaks this model's vectors (lowest "
-            f"token cosine against torch {agreement:.4f} < {INT8_AGREEMENT}; its activations "
-            "have outliers that per-batch int8 cannot hold); export without --quantize"
+            f"{_architecture(embedder)}: --quantize {quantize} breaks this model's vectors "
+            f"(lowest token cosine against torch {agreement:.4f} < {INT8_AGREEMENT}; its "
+            f"activations have outliers that coarse int8 scales cannot hold); {hint}"
         )
     return agreement
 
@@ -201,6 +203,31 @@ def _quantize_int8(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True)
+
+
+def _quantize_int8_block(source: Path, target: Path) -> None:
+    """ONNX Runtime's MatMulNBits: symmetric int8 weights with one scale per ``INT8_BLOCK``
+    inputs; ``accuracy_level=4`` quantises activations per block too (int8 kernels), so an
+    outlier costs precision in its block only."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(
+        onnx.load(str(source)),
+        bits=8,
+        block_size=INT8_BLOCK,
+        is_symmetric=True,
+        accuracy_level=4,
+        op_types_to_quantize=("MatMul",),
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
+
+
+QUANTIZERS: dict[str, Callable[[Path, Path], None]] = {
+    "int8": _quantize_int8,
+    "int8-block": _quantize_int8_block,
+}
 
 
 def onnx_metadata(quantize: Quantize | None, agreement: float) -> dict[str, Any]:

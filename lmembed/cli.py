@@ -78,8 +78,8 @@ class ExportOptions:
     )
     quantize: Quantize | None = option(
         None,
-        "int8 weights for --format onnx|openvino: int8 (ONNX Runtime dynamic quantisation, "
-        "fastest) or int8-block (blocks of 32, MatMulNBits: for models whose activations "
+        "int8 weights for --format onnx|openvino: int8 (ONNX Runtime dynamic quantisation) "
+        "or int8-block (blocks of 32, MatMulNBits: for models whose activations "
         "have outliers, e.g. Gemma-3); every int8 graph is checked against torch",
     )
 

@@ -36,7 +36,7 @@ ExportFormat = Literal["sentence-transformers", "merged", "adapter", "onnx", "op
 FORMATS: tuple[str, ...] = typing.get_args(ExportFormat)
 RUNTIME_FORMATS = ("onnx", "openvino")
 # int8: ONNX Runtime dynamic quantisation (int8 weights per channel, activations per tensor
-# and batch: fastest, breaks models with outlier activations); int8-block: int8 weights in
+# and batch: breaks models with outlier activations); int8-block: int8 weights in
 # blocks of 32 (MatMulNBits), activations quantised per block of 32 at run time.
 Quantize = Literal["int8", "int8-block"]
 QUANTIZE: tuple[str, ...] = typing.get_args(Quantize)

@@ -9,7 +9,6 @@ overrides. Runs with the same effective config share one folder,
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import json
@@ -307,15 +306,9 @@ def embedding_key(config: TrainConfig) -> str:
     return json.dumps(config.embedding.replace(adapter=None).to_dict(), sort_keys=True)
 
 
-def _default(option: dataclasses.Field) -> Any:
-    if option.default_factory is not dataclasses.MISSING:
-        return option.default_factory()
-    return option.default
-
-
 # What a run saved before an option existed did: the option's default (options are added
 # with the old behaviour as their default), so adding one does not orphan earlier runs.
-OPTION_DEFAULTS = {flat.name: _default(flat.field) for flat in flat_fields(TrainConfig)}
+OPTION_DEFAULTS = {flat.name: flat.default for flat in flat_fields(TrainConfig)}
 
 
 def _check_previous(folder: Path, config: TrainConfig) -> None:

@@ -61,13 +61,10 @@ class ExponentialAverage:
                 parameter.copy_(value)
 
     def state_dict(self) -> dict[str, object]:
-        return {"decay": self.decay, "steps": self.steps, "sums": self.sums}
+        return {"steps": self.steps, "sums": self.sums}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        if state["decay"] != self.decay:
-            raise ValueError(
-                f"the checkpoint's average has decay {state['decay']}, this run {self.decay}"
-            )
+        """Restore a saved average (the decay is checked with the run's options on resume)."""
         self.steps = int(state["steps"])  # type: ignore[arg-type]
         for mine, saved in zip(self.sums, state["sums"], strict=True):  # type: ignore[call-overload]
             mine.copy_(saved)

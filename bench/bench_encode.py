@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import replace
 
 import numpy as np
 from common import (
@@ -69,7 +70,7 @@ def fp32_agreement(plan: Recipe, texts: list[str], batch_size: int) -> np.ndarra
     from lmembed import Embedder
 
     ours = Embedder.from_pretrained(plan.model, max_length=plan.max_length, dtype="fp32")
-    theirs = st_model(plan, lora=False, dtype="fp32").eval()
+    theirs = st_model(replace(plan, dtype="fp32"), lora=False).eval()
     return cosines(
         ours.encode(texts, batch_size=batch_size, show_progress=False),
         np.asarray(theirs.encode(texts, batch_size=batch_size, show_progress_bar=False)),

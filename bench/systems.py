@@ -19,7 +19,8 @@
   tokenizer's post-processor (token ids checked against ``Embedder.tokenize``).
 
 Shared by all: the batches (lmembed's sampler, so each system embeds the same texts),
-bf16 base weights with fp32 LoRA weights, LoRA 8/32/0.1 on q_proj/v_proj, AdamW (weight
+base weights in the recipe's dtype (bf16, the paper's, unless a benchmark says otherwise)
+with fp32 LoRA weights, LoRA 8/32/0.1 on q_proj/v_proj, AdamW (weight
 decay 1e-4), cosine schedule with linear warmup, gradient clipping at 1.0. Each trainer
 returns per-step seconds and losses and saves its LoRA weights under portable names
 (``lora.safetensors``) so the quality benchmark scores them all through one ``Embedder``.
@@ -65,6 +66,7 @@ class Recipe:
     lora_r: int = 8
     lora_alpha: int = 32
     lora_dropout: float = 0.1
+    dtype: str = "bf16"  # the base weights' dtype for every system (the paper trains in bf16)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,7 +79,7 @@ class Recipe:
             weight_decay=self.weight_decay, temperature=self.temperature, seed=self.seed,
             max_length=self.max_length, lora_r=self.lora_r, lora_alpha=self.lora_alpha,
             lora_dropout=self.lora_dropout, lora_targets=list(LORA_TARGETS), limit=self.limit,
-            save_every=0, dtype="bf16",
+            save_every=0, dtype=self.dtype,
         )  # fmt: skip
 
     def lora_config(self, **extra):
@@ -195,18 +197,19 @@ def paper_info_nce(
 
 
 def reference_model(plan: Recipe):
-    """``AutoModelForCausalLM`` in bf16 with the paper's LoRA (gaussian init) and tokenizer."""
+    """``AutoModelForCausalLM`` in the recipe's dtype (the paper: bf16) with the paper's LoRA
+    (gaussian init) and tokenizer."""
     from peft import TaskType, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lmembed.model.loading import resolve
+    from lmembed.model.loading import DTYPES, resolve
 
     folder = resolve(plan.model)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.padding_side != "left":
         raise ValueError(f"{folder}: the reference recipe needs a left-padding tokenizer")
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[plan.dtype])
     config = plan.lora_config(init_lora_weights="gaussian", task_type=TaskType.CAUSAL_LM)
     return get_peft_model(model, config), tokenizer
 
@@ -293,7 +296,7 @@ def append_eos(tokenizer) -> None:
     )
 
 
-def st_model(plan: Recipe, lora: bool = True, dtype: str = "bf16"):
+def st_model(plan: Recipe, lora: bool = True):
     """Transformer + last-token pooling on lmembed's safetensors folder, EOS appended."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules.transformer import Transformer
@@ -303,7 +306,7 @@ def st_model(plan: Recipe, lora: bool = True, dtype: str = "bf16"):
 
     transformer = Transformer(
         str(resolve(plan.model)),
-        model_kwargs={"dtype": DTYPES[dtype]},
+        model_kwargs={"dtype": DTYPES[plan.dtype]},
         max_seq_length=plan.max_length,
     )
     append_eos(transformer.tokenizer)

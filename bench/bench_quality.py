@@ -5,7 +5,9 @@ per seed (~25 minutes of CPU for the three) in its own process and saves its LoR
 weights; all three are then scored through one ``Embedder`` (EOS, last token) with
 ``lmembed.evaluation.evaluate`` on STSb, BIOSSES and STS17 (Spearman x100), so only the
 training differs. ``--seeds 42 7 1234`` repeats it per seed (``--resume`` keeps seeds
-already measured with the same recipe). Checks recorded with the scores: the reference's
+already measured with the same recipe), and a gap is called only when it exceeds the seed
+spread. ``--systems`` picks the trainers (lmembed always runs); ``--dtype fp32`` trains
+every system on fp32 weights, for CPUs that emulate bf16 (the paper's dtype). Checks recorded with the scores: the reference's
 cheaper quality-run forward and the ``Embedder`` reproduce the reference's own embeddings, and the
 ``Embedder`` reproduces sentence-transformers' own ``encode``.
 

@@ -7,9 +7,10 @@ weights; all three are then scored through one ``Embedder`` (EOS, last token) wi
 training differs. ``--seeds 42 7 1234`` repeats it per seed (``--resume`` keeps seeds
 already measured with the same recipe), and a gap is called only when it exceeds the seed
 spread. ``--systems`` picks the trainers (lmembed always runs); ``--dtype fp32`` trains
-every system on fp32 weights, for CPUs that emulate bf16 (the paper's dtype). Checks recorded with the scores: the reference's
-cheaper quality-run forward and the ``Embedder`` reproduce the reference's own embeddings, and the
-``Embedder`` reproduces sentence-transformers' own ``encode``.
+every system on fp32 weights, for CPUs that emulate bf16 (the paper's dtype). Checks
+recorded with the scores: the reference's cheaper quality-run forward and the ``Embedder``
+reproduce the reference's own embeddings, and the ``Embedder`` reproduces
+sentence-transformers' own ``encode``.
 
     flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_quality.py
 
@@ -254,10 +255,11 @@ def report(plan: Recipe, tasks: str, seeds: dict, systems: tuple[str, ...]) -> N
         f"cosine decay, AdamW (weight decay {plan.weight_decay}), gradient clipping 1.0, "
         f"LoRA 8/32/0.1 on q_proj/v_proj over {plan.dtype} weights. Every trained LoRA "
         "is scored through the same `Embedder` (last token) with "
-        "`lmembed.evaluation.evaluate`: Spearman x100, with EOS appended except for "
-        "`reference`, the paper's code as written, which neither trains nor embeds with it "
-        "(`reference+eos` is that code with EOS and an fp32 loss). The loss column is the "
-        f"mean of the last 10 steps. {noise}",
+        "`lmembed.evaluation.evaluate`: Spearman x100, with EOS appended"
+        + (" except for `reference`, the paper's code as written, which neither trains nor "
+           "embeds with it (`reference+eos` is that code with EOS and an fp32 loss)"
+           if "reference" in systems else "")
+        + f". The loss column is the mean of the last 10 steps. {noise}",
         table(["system", *columns, "average per seed", "final loss", "train s"], rows),
         "\n".join(verdicts),
         checks_paragraph(plan, checks, systems),
@@ -278,8 +280,9 @@ def verdict(runs: list[dict], other: str) -> str:
         call = f"**{'ahead' if gap > 0 else 'behind'}**: the gap exceeds the seed spread"
     else:
         call = "**not resolved**: the gap is within the seed spread"
+    measured = f", seed spread {spread:.2f}" if len(runs) > 1 else ""
     return (
-        f"- vs {other}: mean average {gap:+.2f}, seed spread {spread:.2f} ({call}); "
+        f"- vs {other}: mean average {gap:+.2f}{measured} ({call}); "
         f"lmembed ahead with {wins} of {len(runs)} seeds."
     )
 
@@ -287,8 +290,8 @@ def verdict(runs: list[dict], other: str) -> str:
 def checks_paragraph(plan: Recipe, checks: list[dict], systems: tuple[str, ...]) -> str:
     """What the agreement checks of the systems that ran found."""
     found = []
-    if "reference" in systems or "reference+eos" in systems:
-        ran = [name for name in ("reference", "reference+eos") if name in systems]
+    ran = [name for name in systems if name.startswith("reference")]
+    if ran:
         found.append(
             "the reference's quality run pads each role to its longest text and skips the LM "
             f"head, instead of padding to {plan.reference_max_length} and computing all "
@@ -303,13 +306,21 @@ def checks_paragraph(plan: Recipe, checks: list[dict], systems: tuple[str, ...])
             "`Embedder` with sentence-transformers' LoRA matches `SentenceTransformer.encode` "
             f"at {_worst(checks, 'sentence-transformers', 'embedder')}"
         )
-    return (
+    notes = []
+    if plan.dtype == "bf16":
+        notes.append(
+            "Cosines below 1 come from bf16 rounding, which depends on the padding (in fp32, "
+            "padding moves an embedding by under 1e-6 in cosine)."
+        )
+    if any(name.startswith("reference") for name in systems):
+        notes.append(
+            "The reference keeps the paper's gaussian LoRA init and one forward pass per role."
+        )
+    return " ".join([
         "Checks (cosine over 32 NLI sentences with the trained weights, mean / min, the "
-        f"worst over seeds): {'; '.join(found) or 'none (lmembed ran alone)'}. Cosines "
-        "below 1 come from bf16 rounding, which depends on the padding (in fp32, padding "
-        "moves an embedding by under 1e-6 in cosine). The reference keeps the paper's "
-        "gaussian LoRA init and one forward pass per role."
-    )
+        f"worst over seeds): {'; '.join(found) or 'none (lmembed ran alone)'}.",
+        *notes,
+    ])  # fmt: skip
 
 
 def _worst(checks: list[dict], system: str, check: str) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
 
-from bench_quality import verdict  # noqa: E402
+from bench_quality import checks_paragraph, verdict  # noqa: E402
 from systems import Recipe  # noqa: E402
 
 
@@ -35,3 +35,12 @@ def test_a_gap_within_the_seed_spread_is_not_resolved() -> None:
 def test_the_recipes_dtype_is_the_one_lmembed_trains_in() -> None:
     assert Recipe(data="x", steps=1).train_config().embedding.dtype == "bf16"
     assert Recipe(data="x", steps=1, dtype="fp32").train_config().embedding.dtype == "fp32"
+
+
+def test_the_checks_name_only_the_systems_that_ran() -> None:
+    cosines = [{"sentence-transformers": {"embedder": {"mean": 0.99991, "min": 0.9991}}}]
+    plan = Recipe(data="x", steps=1, dtype="fp32")
+    text = checks_paragraph(plan, cosines, ("lmembed", "sentence-transformers"))
+    assert "matches `SentenceTransformer.encode` at 0.9999 / 0.9991" in text
+    assert "reference" not in text and "bf16" not in text
+    assert "none (lmembed ran alone)" in checks_paragraph(plan, [{}], ("lmembed",))

@@ -199,7 +199,8 @@ def _previous(plan: Recipe, tasks: str, systems: tuple[str, ...]) -> dict:
     if not RESULT.is_file():
         return {}
     old = json.loads(RESULT.read_text(encoding="utf-8"))
-    same = {**old.get("recipe", {}), "seed": plan.seed} == plan.to_dict()
+    # Results from before ``Recipe.dtype`` existed were trained in bf16.
+    same = {"dtype": "bf16", **old.get("recipe", {}), "seed": plan.seed} == plan.to_dict()
     same = same and old.get("tasks") == tasks and tuple(old.get("systems", SYSTEMS)) == systems
     return old.get("seeds", {}) if same else {}
 

@@ -276,14 +276,14 @@ def verdict(runs: list[dict], other: str) -> str:
     spread = max(max(ours) - min(ours), max(theirs) - min(theirs))
     wins = sum(a >= b for a, b in zip(ours, theirs, strict=True))
     if len(runs) < 2:
-        call = "not resolved: one seed gives no spread to compare with"
+        call = " (not resolved: one seed gives no spread to compare with)"
     elif abs(gap) > spread:
-        call = f"**{'ahead' if gap > 0 else 'behind'}**: the gap exceeds the seed spread"
+        call = f", seed spread {spread:.2f} (**{'ahead' if gap > 0 else 'behind'}**: the gap "
+        "exceeds the seed spread)"
     else:
-        call = "**not resolved**: the gap is within the seed spread"
-    measured = f", seed spread {spread:.2f}" if len(runs) > 1 else ""
+        call = f", seed spread {spread:.2f} (**not resolved**: the gap is within the seed spread)"
     return (
-        f"- vs {other}: mean average {gap:+.2f}{measured} ({call}); "
+        f"- vs {other}: mean average {gap:+.2f}{call}; "
         f"lmembed ahead with {wins} of {len(runs)} seeds."
     )
 
@@ -313,7 +313,7 @@ def checks_paragraph(plan: Recipe, checks: list[dict], systems: tuple[str, ...])
             "Cosines below 1 come from bf16 rounding, which depends on the padding (in fp32, "
             "padding moves an embedding by under 1e-6 in cosine)."
         )
-    if any(name.startswith("reference") for name in systems):
+    if ran:
         notes.append(
             "The reference keeps the paper's gaussian LoRA init and one forward pass per role."
         )

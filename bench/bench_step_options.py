@@ -9,7 +9,9 @@ Candidates (issue 17):
 * ``eager attention``: transformers' eager attention instead of its default (sdpa);
 * ``torch.compile``: ``lmembed train --compile`` (inductor, dynamic shapes), so the
   elementwise kernels around the matmuls (norms, GELU, residuals, LoRA scaling) can fuse;
-* ``no LoRA dropout`` (measurement only: it changes the recipe): what dropout's masks cost.
+* ``no LoRA dropout`` (measurement only: it changes the recipe): what dropout's masks cost;
+* ``fast LoRA dropout``: ``--lora-fast-dropout``, masks from 15-bit random lanes
+  (``FastDropout``), four elements per 64-bit draw instead of one Bernoulli draw each.
 
     flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_step_options.py
 
@@ -37,6 +39,7 @@ from common import (
     table,
 )
 
+from lmembed.model.lora import use_fast_dropout
 from lmembed.training.trainer import compile_backbone
 
 HEADING = "Training-step candidates"
@@ -53,11 +56,16 @@ def no_dropout(embedder) -> None:
             module.p = 0.0
 
 
+def fast_dropout(embedder) -> None:
+    use_fast_dropout(embedder.model)
+
+
 CANDIDATES: dict[str, Callable | None] = {
     BASELINE: None,
     "eager attention": eager,
     "torch.compile": compile_backbone,
     "no LoRA dropout (measure only)": no_dropout,
+    "fast LoRA dropout": fast_dropout,
 }
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel
 
 from lmembed.model.spec import SPEC_FILE, EmbeddingSpec
@@ -36,6 +37,12 @@ class LoraOptions:
     dropout: float = option(0.1, "LoRA dropout")
     targets: list[str] = option(
         ["q_proj", "v_proj"], f"linear modules to adapt, or {ALL_LINEAR} for every one"
+    )
+    fast_dropout: bool = option(
+        False,
+        "draw LoRA dropout masks from 15-bit random lanes (p rounded to 1/32768): the same "
+        "distribution at about a quarter of the random-number cost, but other draws than "
+        "torch's dropout for a seed (docs/benchmarks.md, training-step candidates)",
     )
 
     def __post_init__(self) -> None:
@@ -66,7 +73,52 @@ def attach_lora(model: PreTrainedModel, options: LoraOptions | None = None) -> P
         target_modules=targets,
         bias="none",
     )
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config)
+    if options.fast_dropout:
+        use_fast_dropout(model)
+    return model
+
+
+class FastDropout(torch.nn.Module):
+    """Dropout whose mask comes from 15 random bits per element, four elements per draw.
+
+    torch's dropout draws one Bernoulli sample per element, which costs about 15% of a
+    frozen-base LoRA step on a CPU (docs/benchmarks.md). One 64-bit draw gives four
+    16-bit lanes; the top lane holds only 15 random bits (``random_`` stays below
+    2**63), so every lane keeps its low 15 and drops where they reach the threshold.
+    The generator is torch's global one, so checkpoints and GradCache's replay hold.
+    """
+
+    LANES = 4  # int16 lanes per int64 draw
+    LEVELS = 1 << 15
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.threshold = round((1 - p) * self.LEVELS)  # lanes below it are kept
+        if not 0 <= p < 1 or self.threshold == 0:
+            raise ValueError(f"dropout p must be in [0, 1 - 2**-16), got {p}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        draws = torch.empty(-(-x.numel() // self.LANES), dtype=torch.int64, device=x.device)
+        lanes = draws.random_().view(torch.int16)[: x.numel()].view(x.shape)
+        drop = lanes.bitwise_and_(self.LEVELS - 1) >= self.threshold
+        return (x * (self.LEVELS / self.threshold)).masked_fill_(drop, 0)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def use_fast_dropout(model: PeftModel) -> None:
+    """Swap every LoRA layer's ``torch.nn.Dropout`` for a ``FastDropout`` of the same p
+    (peft uses ``Identity`` at p = 0, which stays)."""
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            for name, dropout in module.lora_dropout.items():
+                if isinstance(dropout, torch.nn.Dropout):
+                    module.lora_dropout[name] = FastDropout(dropout.p)
 
 
 def save_adapter(model: PeftModel, spec: EmbeddingSpec, folder: str | Path) -> None:

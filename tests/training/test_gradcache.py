@@ -76,8 +76,9 @@ def _assert_same(a: dict, b: dict, atol: float = 1e-5) -> None:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=key)
 
 
-def test_mini_batch_2_matches_full_batch_of_8_with_dropout(tiny_llama, triplets_csv):
-    embedder = _embedder(_config(tiny_llama, triplets_csv))
+@pytest.mark.parametrize("fast_dropout", [False, True], ids=["torch-dropout", "fast-dropout"])
+def test_mini_batch_2_matches_full_batch_of_8_with_dropout(tiny_llama, triplets_csv, fast_dropout):
+    embedder = _embedder(_config(tiny_llama, triplets_csv, lora_fast_dropout=fast_dropout))
     batch = _batch(triplets_csv)
     loss, grads = _grad_cache_step(embedder, batch, mini_batch_size=2)
     ref_loss, ref_grads = _full_graph_step(embedder, batch, chunk_size=2)

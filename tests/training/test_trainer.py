@@ -77,13 +77,15 @@ def test_adapter_reload_reproduces_embeddings(tiny_llama, triplets_csv, tmp_path
     assert all(np.isfinite(r["loss"]) for r in log)
 
 
-@pytest.mark.parametrize("ema_decay", [None, 0.5], ids=["plain", "weight-average"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"ema_decay": 0.5}, {"lora_fast_dropout": True}],
+    ids=["plain", "weight-average", "fast-dropout"],
+)
 def test_kill_and_resume_equals_uninterrupted_run(
-    tiny_llama, triplets_csv, tmp_path, monkeypatch, ema_decay
+    tiny_llama, triplets_csv, tmp_path, monkeypatch, options
 ):
-    straight = _config(
-        tiny_llama, triplets_csv, tmp_path / "straight", steps=5, ema_decay=ema_decay
-    )
+    straight = _config(tiny_llama, triplets_csv, tmp_path / "straight", steps=5, **options)
     train(straight)
 
     interrupted = straight.replace(output=str(tmp_path / "resumed"))

@@ -22,12 +22,14 @@ writes ``bench/results/step_options.json`` and the "Training-step candidates" se
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 from common import (
+    RESULTS,
     alternating,
     demo_config,
     environment,
@@ -130,15 +132,36 @@ def main() -> None:
         "speedup": {n: spread([b / c for b, c in zip(base, v, strict=True)])
                     for n, v in seconds.items()},
         "seconds": seconds,
+        "measured": dict.fromkeys(names, environment()["date"]),
     }  # fmt: skip
+    if args.only:
+        result = with_earlier_candidates(result)
     save_result("step_options", result)
     write_docs(result)
+
+
+def with_earlier_candidates(result: dict) -> dict:
+    """Add the candidates that ``--only`` left out, from the previous run on the same CPU.
+
+    Each speed-up is against the current step of its own run, so rows from two runs
+    stay comparable; the table says when each was measured.
+    """
+    path = RESULTS / "step_options.json"
+    if not path.is_file():
+        return result
+    old = json.loads(path.read_text(encoding="utf-8"))
+    if old["environment"]["cpu"] != result["environment"]["cpu"]:
+        return result
+    old.setdefault("measured", dict.fromkeys(old["median_step_s"], old["environment"]["date"]))
+    per_candidate = ("warmup_s", "median_step_s", "speedup", "seconds", "measured")
+    return {**result, **{key: {**old[key], **result[key]} for key in per_candidate}}
 
 
 def write_docs(result: dict) -> None:
     rows = [
         [name, ", ".join(f"{s:.1f}" for s in result["warmup_s"][name]),
-         f"{result['median_step_s'][name]:.2f}", fmt_ratio(result["speedup"][name])]
+         f"{result['median_step_s'][name]:.2f}", fmt_ratio(result["speedup"][name]),
+         result["measured"][name]]
         for name in result["median_step_s"]
     ]  # fmt: skip
     body = "\n".join([
@@ -146,9 +169,10 @@ def write_docs(result: dict) -> None:
         f"recipe's step (32 triplets), {result['rounds']} rounds; each round runs every "
         "trainer once on the same batch, in rotated order. Speed-up: the current step's "
         "seconds over the candidate's in the same round, median (min-max). Warm-up steps are "
-        "untimed (compilation happens there).",
+        "untimed (compilation happens there). `--only` reruns some candidates and keeps the "
+        "others' rows from the previous run on the same CPU (their date says which).",
         "",
-        table(["candidate", "warm-up steps (s)", "median step s", "speed-up"], rows),
+        table(["candidate", "warm-up steps (s)", "median step s", "speed-up", "measured"], rows),
         "",
         environment_block(result["environment"], target="bench/bench_step_options.py"),
     ])  # fmt: skip

@@ -10,8 +10,8 @@ from lmembed.model.lora import FastDropout, LoraOptions, attach_lora
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_every_lane_drops_with_probability_p(p):
-    """Each int64 draw feeds four elements; the top lane has a bit fewer than the others,
-    so a missing mask would show as one lane position dropping at another rate."""
+    """Each int64 draw feeds four int16 lanes: three signed, the top one with a random bit
+    fewer; without the 15-bit mask, lane positions would drop at different rates."""
     torch.manual_seed(0)
     lanes = FastDropout.LANES
     out = FastDropout(p).train()(torch.ones(lanes * 250_000)).view(-1, lanes)

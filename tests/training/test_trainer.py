@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 from peft import get_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 
 from lmembed.data.sampler import batch_indices
 from lmembed.data.training import TrainingData
 from lmembed.model.embedder import Embedder
 from lmembed.model.loading import load_backbone
-from lmembed.model.lora import LoraOptions, attach_lora
+from lmembed.model.lora import FastDropout, LoraOptions, attach_lora, save_adapter
 from lmembed.training import trainer as trainer_module
 from lmembed.training.config import TrainConfig, config_from_dict, load_config
 from lmembed.training.run_dir import read_metrics
@@ -252,3 +253,17 @@ def test_compile_trains_the_same_adapter(tiny_llama, triplets_csv, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("adapter", [False, True], ids=["new-lora", "continued-adapter"])
+def test_fast_dropout_reaches_every_lora_layer(tiny_llama, triplets_csv, tmp_path, adapter):
+    """``--lora-fast-dropout`` applies to a new LoRA and to an adapter trained further."""
+    config = _config(tiny_llama, triplets_csv, tmp_path / "run", lora_fast_dropout=True)
+    if adapter:
+        plain = build_embedder(config.replace(lora_fast_dropout=False))
+        save_adapter(plain.model, plain.spec, tmp_path / "adapter")
+        config = config.replace(adapter=str(tmp_path / "adapter"))
+    embedder = build_embedder(config)
+    dropouts = [d for layer in embedder.model.modules() if isinstance(layer, LoraLayer)
+                for d in layer.lora_dropout.values()]  # fmt: skip
+    assert dropouts and all(isinstance(d, FastDropout) and d.p == 0.1 for d in dropouts)

@@ -125,14 +125,15 @@ def main() -> None:
             seconds[name].append(steps[name](texts))
         print({name: round(values[-1], 2) for name, values in seconds.items()}, flush=True)
     base = seconds[BASELINE]
+    env = environment()
     result = {
-        "environment": environment(), "model": config.embedding.model,
+        "environment": env, "model": config.embedding.model,
         "dtype": config.embedding.dtype, "rounds": args.rounds, "warmup_s": warmup_s,
         "median_step_s": {n: round(statistics.median(v), 3) for n, v in seconds.items()},
         "speedup": {n: spread([b / c for b, c in zip(base, v, strict=True)])
                     for n, v in seconds.items()},
         "seconds": seconds,
-        "measured": dict.fromkeys(names, environment()["date"]),
+        "measured": dict.fromkeys(names, env["date"]),
     }  # fmt: skip
     if args.only:
         result = with_earlier_candidates(result)

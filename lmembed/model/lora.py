@@ -111,14 +111,22 @@ class FastDropout(torch.nn.Module):
         return f"p={self.p}"
 
 
+def lora_dropouts(model: torch.nn.Module) -> list[tuple[torch.nn.ModuleDict, str]]:
+    """Every LoRA layer's dropout slot: its ``lora_dropout`` dict and the adapter's name."""
+    return [
+        (module.lora_dropout, name)
+        for module in model.modules()
+        if isinstance(module, LoraLayer)
+        for name in module.lora_dropout
+    ]
+
+
 def use_fast_dropout(model: PeftModel) -> None:
     """Swap every LoRA layer's ``torch.nn.Dropout`` for a ``FastDropout`` of the same p
     (peft uses ``Identity`` at p = 0, which stays)."""
-    for module in model.modules():
-        if isinstance(module, LoraLayer):
-            for name, dropout in module.lora_dropout.items():
-                if isinstance(dropout, torch.nn.Dropout):
-                    module.lora_dropout[name] = FastDropout(dropout.p)
+    for slot, name in lora_dropouts(model):
+        if isinstance(slot[name], torch.nn.Dropout):
+            slot[name] = FastDropout(slot[name].p)
 
 
 def save_adapter(model: PeftModel, spec: EmbeddingSpec, folder: str | Path) -> None:

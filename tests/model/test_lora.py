@@ -2,10 +2,9 @@
 
 import pytest
 import torch
-from peft.tuners.lora import LoraLayer
 from transformers import AutoModelForCausalLM
 
-from lmembed.model.lora import FastDropout, LoraOptions, attach_lora
+from lmembed.model.lora import FastDropout, LoraOptions, attach_lora, lora_dropouts
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
@@ -54,8 +53,7 @@ def test_same_seed_gives_the_same_mask():
 def test_attach_lora_swaps_every_lora_dropout_only_when_asked(tiny_llama, fast):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
     peft_model = attach_lora(model, LoraOptions(targets=["q_proj", "v_proj"], fast_dropout=fast))
-    dropouts = [d for layer in peft_model.modules() if isinstance(layer, LoraLayer)
-                for d in layer.lora_dropout.values()]  # fmt: skip
+    dropouts = [slot[name] for slot, name in lora_dropouts(peft_model)]
     assert len(dropouts) == 2 * model.config.num_hidden_layers
     kinds = {type(d) for d in dropouts}
     assert kinds == ({FastDropout} if fast else {torch.nn.Dropout})

@@ -6,14 +6,19 @@ import numpy as np
 import pytest
 import torch
 from peft import get_peft_model_state_dict
-from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 
 from lmembed.data.sampler import batch_indices
 from lmembed.data.training import TrainingData
 from lmembed.model.embedder import Embedder
 from lmembed.model.loading import load_backbone
-from lmembed.model.lora import FastDropout, LoraOptions, attach_lora, save_adapter
+from lmembed.model.lora import (
+    FastDropout,
+    LoraOptions,
+    attach_lora,
+    lora_dropouts,
+    save_adapter,
+)
 from lmembed.training import trainer as trainer_module
 from lmembed.training.config import TrainConfig, config_from_dict, load_config
 from lmembed.training.run_dir import read_metrics
@@ -264,6 +269,5 @@ def test_fast_dropout_reaches_every_lora_layer(tiny_llama, triplets_csv, tmp_pat
         save_adapter(plain.model, plain.spec, tmp_path / "adapter")
         config = config.replace(adapter=str(tmp_path / "adapter"))
     embedder = build_embedder(config)
-    dropouts = [d for layer in embedder.model.modules() if isinstance(layer, LoraLayer)
-                for d in layer.lora_dropout.values()]  # fmt: skip
+    dropouts = [slot[name] for slot, name in lora_dropouts(embedder.model)]
     assert dropouts and all(isinstance(d, FastDropout) and d.p == 0.1 for d in dropouts)

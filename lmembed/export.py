@@ -43,7 +43,8 @@ QUANTIZE: tuple[str, ...] = typing.get_args(Quantize)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", SPEC_FILE)
 ST_POOLING = {"last": "lasttoken", "mean": "mean"}
 ST_TRANSFORMER = "sentence_transformers.base.modules.transformer.Transformer"
-ST_NORMALIZE = "sentence_transformers.base.modules.normalize.Normalize"
+# The path sentence-transformers 5 and 6 both import (6 also has base.modules.normalize).
+ST_NORMALIZE = "sentence_transformers.sentence_transformer.modules.normalize.Normalize"
 ST_POOLING_MODULE = "sentence_transformers.sentence_transformer.modules.pooling.Pooling"
 # sentence-transformers' prompt names for encode_query / encode_document.
 ST_PROMPT_NAMES = ("query", "document")

@@ -1,5 +1,6 @@
 """Exports agree with ``Embedder.encode``: sentence-transformers, merged weights, adapter copy."""
 
+import importlib
 import json
 import subprocess
 import sys
@@ -112,7 +113,10 @@ def test_sentence_transformers_folder_layout(tmp_path, adapters):
     adapter = adapters("qwen2-padeos-left-prefix-mean")
     out = export(tmp_path / "st", adapter=adapter)
     modules = json.loads((out / "modules.json").read_text())
-    assert all(m["type"].startswith("sentence_transformers.") for m in modules)
+    for module in modules:  # each class resolves in the installed sentence-transformers
+        path, name = module["type"].rsplit(".", 1)
+        assert path.startswith("sentence_transformers.")
+        assert isinstance(getattr(importlib.import_module(path), name), type)
     config = json.loads((out / "config_sentence_transformers.json").read_text())
     assert config["prompts"]["query"] == "query: " and config["default_prompt_name"] == "query"
     pooling = json.loads((out / "1_Pooling" / "config.json").read_text())

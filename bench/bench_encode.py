@@ -24,7 +24,7 @@ from dataclasses import replace
 import numpy as np
 from common import (
     alternating,
-    data_dir,
+    cosines,
     environment,
     environment_block,
     fmt_ratio,
@@ -33,28 +33,13 @@ from common import (
     replace_section,
     save_result,
     spread,
+    sts_sentences,
     table,
 )
 from systems import Recipe, check_same_tokens, st_model
 
 HEADING = "Encoding throughput"
 MIN_MEAN_COSINE = 0.999
-
-
-def sts_sentences(count: int) -> list[str]:
-    from lmembed.data.sts import load_sts
-
-    task = load_sts("stsb", data_dir())
-    distinct = list(dict.fromkeys([*task.sentences1, *task.sentences2]))
-    if len(distinct) < count:
-        raise SystemExit(f"STSb test has only {len(distinct)} distinct sentences, not {count}")
-    return distinct[:count]
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return np.einsum("ij,ij->i", a, b)
 
 
 def summary(values: np.ndarray) -> dict:

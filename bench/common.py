@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from lmembed.io import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,6 +117,28 @@ def alternating(systems: Sequence[str], repeat: int) -> list[str]:
     """Run order of repeat ``repeat``: the list rotated, so no system always goes first."""
     shift = repeat % len(systems)
     return [*systems[shift:], *systems[:shift]]
+
+
+# --- texts and vectors ----------------------------------------------------------------------
+
+
+def sts_sentences(count: int) -> list[str]:
+    """The first ``count`` distinct sentences of STSb test (the texts every encoding bench
+    times), in file order."""
+    from lmembed.data.sts import load_sts
+
+    task = load_sts("stsb", data_dir())
+    distinct = list(dict.fromkeys([*task.sentences1, *task.sentences2]))
+    if len(distinct) < count:
+        raise SystemExit(f"STSb test has only {len(distinct)} distinct sentences, not {count}")
+    return distinct[:count]
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two matrices of vectors."""
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return np.einsum("ij,ij->i", a, b)
 
 
 # --- statistics -----------------------------------------------------------------------------

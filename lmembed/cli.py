@@ -121,12 +121,21 @@ class DownloadOptions:
     nli: bool = option(True, "also fetch SimCSE's NLI training triplets")
 
 
+def _split_engine(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The embedding flags and the inference-engine flags (``BackendOptions``), apart."""
+    engine = {f.name for f in dataclasses.fields(BackendOptions)}
+    return (
+        {k: v for k, v in spec.items() if k not in engine},
+        {k: v for k, v in spec.items() if k in engine},
+    )
+
+
 def _load(spec: dict[str, Any]) -> Any:
     """The embedder the embedding flags describe, on the ``--backend`` engine."""
     from lmembed.backends import load_encoder
 
-    options = dict(spec)
-    return load_encoder(options, options.pop("backend", None) or "torch")
+    embedding, engine = _split_engine(spec)
+    return load_encoder(embedding, **dataclasses.asdict(build(BackendOptions, engine)))
 
 
 def cmd_train(spec: dict[str, Any], options: TrainConfig | None, args: argparse.Namespace) -> None:
@@ -189,9 +198,9 @@ def cmd_eval(spec: dict[str, Any], options: EvalOptions, args: argparse.Namespac
     sts, retrieval = score(_load(spec))
     base = (None, None)
     if options.compare_base:
-        chosen = {k: v for k, v in spec.items() if k != "backend"}
+        chosen, engine = _split_engine(spec)
         base_spec = resolve_spec(chosen).replace(adapter=None).to_dict()
-        base = score(_load({**base_spec, "backend": spec.get("backend")}))
+        base = score(_load({**base_spec, **engine}))
     print(_eval_tables(sts, retrieval, *base))
     if options.output:
         from lmembed.io import atomic_write_json

@@ -93,7 +93,7 @@ def export(
         )
     if kind == "sentence-transformers":
         st_prompts(spec)  # fail before loading the model
-    embedder = Embedder.from_spec(spec.replace(dtype="fp32")).merge_lora()
+    embedder = Embedder.from_spec(spec.replace(dtype="fp32"))  # merges LoRA in fp32
     if kind in RUNTIME_FORMATS:
         embedder.spec = spec.replace(dtype="fp32")
         return _write_runtime(embedder, output, kind, quantize)

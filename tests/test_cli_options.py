@@ -9,7 +9,7 @@ import pytest
 from lmembed import cli
 from lmembed.backends import BackendOptions
 from lmembed.model.spec import EmbeddingSpec, resolve_spec
-from lmembed.options import build, flat_fields, option
+from lmembed.options import build, flat_fields, given, option
 from lmembed.training.config import TrainConfig
 
 EMBEDDING_COMMANDS = ("train", "eval", "encode", "serve", "export")
@@ -106,7 +106,6 @@ def test_train_flags_override_yaml_and_reach_nested_options(tmp_path):
     args = _subparsers(cli.build_parser())["train"].parse_args(
         ["--lora-alpha", "64", "--data", "a.csv", "--data", "b.jsonl", "--query-prompt", "q: {s}"]
     )
-    from lmembed.options import given
     from lmembed.training.config import load_config
 
     config = load_config(path, **given(args, [f.name for f in flat_fields(TrainConfig)]))
@@ -154,3 +153,15 @@ def test_eval_scores_an_own_sts_file_at_several_sizes(tiny_llama, tmp_path, caps
     table = capsys.readouterr().out
     for row in ("| 16 | float32 |", "| 16 | int8 |", "| 8 | float32 |", "| 8 | int8 |"):
         assert row in table, table
+
+
+def test_inference_commands_merge_lora_unless_told_not_to(tiny_llama, tmp_path):
+    from peft import PeftModel
+    from tiny_models import random_lora_adapter
+
+    adapter = random_lora_adapter(tmp_path / "adapter", tiny_llama)
+    parser = cli.build_parser()
+    for flags, separate in (([], False), (["--no-merge-lora"], True)):
+        args = parser.parse_args(["eval", "--adapter", adapter, *flags])
+        embedder = cli._load(given(args, args.spec_names))
+        assert isinstance(embedder.model, PeftModel) == separate, flags

@@ -123,3 +123,22 @@ def make_tiny_model(
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def random_lora_adapter(folder: Path, base: Path) -> str:
+    """An all-linear adapter with a random update (a fresh LoRA's B is zero: no change)."""
+    from lmembed.model.embedder import Embedder, EmbeddingSpec
+    from lmembed.model.loading import load_backbone
+    from lmembed.model.lora import LoraOptions, attach_lora
+
+    backbone, tokenizer = load_backbone(str(base), "fp32")
+    peft_model = attach_lora(backbone, LoraOptions(targets=["all-linear"]))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, weight in peft_model.named_parameters():
+            if "lora_B" in name:
+                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.05)
+    Embedder(peft_model, tokenizer, EmbeddingSpec(model=str(base), dtype="fp32")).save_adapter(
+        folder
+    )
+    return str(folder)

@@ -39,10 +39,18 @@ class BackendOptions:
         "a model that is not an `lmembed export --format onnx|openvino` folder is exported "
         "once into the cache",
     )
+    merge_lora: bool = option(
+        True,
+        "torch: fold the adapter into fp32 base weights before inference (the same vectors "
+        "without LoRA's extra matmuls; bf16/fp16 keep it separate, as trained)",
+    )
 
 
-def load_encoder(spec_options: dict[str, Any], backend: Backend = "torch") -> Embedder:
-    """The embedder ``spec_options`` (``EmbeddingSpec`` fields) describe, on ``backend``."""
+def load_encoder(
+    spec_options: dict[str, Any], backend: Backend = "torch", merge_lora: bool = True
+) -> Embedder:
+    """The embedder ``spec_options`` (``EmbeddingSpec`` fields) describe, on ``backend``
+    (``merge_lora``: see ``Embedder.from_spec``; exports are merged already)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     exported = export_backend(spec_options.get("model"))
@@ -52,7 +60,7 @@ def load_encoder(spec_options: dict[str, Any], backend: Backend = "torch") -> Em
                 f"{spec_options['model']} is an {exported} export (no torch weights); "
                 f"use --backend {'onnx' if exported == 'onnx' else 'openvino'}"
             )
-        return Embedder.from_pretrained(**spec_options)
+        return Embedder.from_pretrained(merge=merge_lora, **spec_options)
     spec = resolve_spec(spec_options)
     folder = Path(spec.model) if exported and spec.adapter is None else cached_export(spec)
     if backend == "onnx" and export_backend(str(folder)) == "openvino":

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import BatchEncoding, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
@@ -47,26 +48,45 @@ class Embedder(torch.nn.Module):
         model: str | None = None,
         adapter: str | Path | None = None,
         device: str | torch.device | None = None,
+        merge: bool = True,
         **options: object,
     ) -> Embedder:
         """Load a model, optionally with a trained adapter (options: ``EmbeddingSpec`` fields).
 
         Options left out (or ``None``) come from the adapter's saved spec (or a merged
         export's), so the training-time function comes back; see ``resolve_spec``.
+        ``merge``: see ``from_spec``.
         """
-        return cls.from_spec(resolve_spec(options, model=model, adapter=adapter), device)
+        spec = resolve_spec(options, model=model, adapter=adapter)
+        return cls.from_spec(spec, device, merge)
 
     @classmethod
-    def from_spec(cls, spec: EmbeddingSpec, device: str | torch.device | None = None) -> Embedder:
-        """Build the embedding function a spec describes (backbone, then its adapter)."""
+    def from_spec(
+        cls, spec: EmbeddingSpec, device: str | torch.device | None = None, merge: bool = True
+    ) -> Embedder:
+        """Build the embedding function a spec describes (backbone, then its adapter).
+
+        ``merge`` folds an adapter into fp32 base weights: the same vectors (to float
+        rounding) without LoRA's extra matmuls at every linear layer. In bf16/fp16 the
+        adapter stays separate, as it was trained, because rounding W + BA to the base's
+        8 or 11 mantissa bits drops most of a small update. ``merge=False`` keeps the peft
+        model (to save the adapter again or train it further).
+        """
         backbone, tokenizer = load_backbone(spec.model, spec.dtype, spec.trust_remote_code)
         if spec.adapter is not None:
             backbone = load_adapter(backbone, spec.adapter)
         embedder = cls(backbone, tokenizer, spec).eval()
+        if merge and backbone.dtype == torch.float32:
+            embedder.merge_lora()
         return embedder.to(device) if device is not None else embedder
 
     def save_adapter(self, folder: str | Path) -> None:
         """Write the trained LoRA and this spec, so ``from_pretrained(adapter=folder)`` works."""
+        if not isinstance(self.model, PeftModel):
+            raise ValueError(
+                "this embedder has no separate LoRA to save (none loaded, or merged into the "
+                "base weights: load it with merge=False to save or train the adapter)"
+            )
         save_adapter(self.model, self.spec, folder)
 
     def merge_lora(self) -> Embedder:

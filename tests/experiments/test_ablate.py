@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tiny_models import shared_data_dir
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from lmembed.cli import main
@@ -14,6 +15,7 @@ from lmembed.experiments import ablate, ablation_report
 from lmembed.experiments.ablate import load_sweep, run_ablation
 from lmembed.training.trainer import NonFiniteLossError
 
+REPO = Path(__file__).resolve().parents[2]
 STUDIES = {
     "lr": {"grid": {"lr": [1e-2, 1e-3]}},
     "hard_negatives": {
@@ -320,3 +322,11 @@ def test_a_seed_only_study_reports_its_spread():
     text = ablation_report._seed_spread([row(1, 70.0), row(2, 74.0), row(3, 72.0), row(4, None)])
     assert "over 3 seeds: mean 72.00, standard deviation 2.00, range 70.00–74.00 (4.00" in text
     assert "needs two" in ablation_report._seed_spread([row(1, 70.0)])
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "ablations").glob("*.yaml")))
+def test_every_shipped_sweep_file_plans(name, tmp_path, monkeypatch):
+    """ablations/*.yaml (and the configs they extend) parse and plan, paths from the repo."""
+    monkeypatch.chdir(REPO)
+    sweep = load_sweep(REPO / "ablations" / name, tmp_path / "out", data_dir=shared_data_dir())
+    assert sweep.configs and sweep.tasks

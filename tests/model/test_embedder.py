@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from tiny_models import ARCHITECTURES, make_tiny_model
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
+from tiny_models import ARCHITECTURES, make_tiny_model, random_lora_adapter
 
 from lmembed.model.embedder import Embedder, EmbeddingSpec
 from lmembed.model.loading import ModelNotFoundError, resolve
@@ -123,3 +125,25 @@ def test_bidirectional_mask_matches_transformers_own_switch(tmp_path):
     np.testing.assert_allclose(ours.encode(texts), theirs.encode(texts), atol=1e-5)
     theirs.model.config.use_bidirectional_attention = False
     assert not np.allclose(ours.encode(texts), theirs.encode(texts), atol=1e-3)
+
+
+def test_inference_merges_lora_into_fp32_weights_with_the_same_vectors(tiny_llama, tmp_path):
+    adapter = random_lora_adapter(tmp_path / "adapter", tiny_llama)
+    merged = Embedder.from_pretrained(adapter=adapter)
+    separate = Embedder.from_pretrained(adapter=adapter, merge=False)
+    assert isinstance(separate.model, PeftModel)
+    assert not isinstance(merged.model, PeftModel)
+    assert not any(isinstance(m, LoraLayer) for m in merged.model.modules())
+    want = separate.encode(TEXTS)
+    base = _embedder(tiny_llama).encode(TEXTS)
+    assert np.abs(base - want).max() > 1e-2, "the adapter changed too little to tell"
+    np.testing.assert_allclose(merged.encode(TEXTS), want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="merge=False"):
+        merged.save_adapter(tmp_path / "again")
+    separate.save_adapter(tmp_path / "again")  # the unmerged one still saves
+
+
+def test_bf16_inference_keeps_the_adapter_separate(tiny_llama, tmp_path):
+    """Rounding W + BA to bf16 would drop most of a small update, so no merge there."""
+    adapter = random_lora_adapter(tmp_path / "adapter", tiny_llama)
+    assert isinstance(Embedder.from_pretrained(adapter=adapter, dtype="bf16").model, PeftModel)

@@ -1,0 +1,108 @@
+"""Inference with a trained adapter: LoRA merged into the base weights vs kept separate.
+
+``Embedder.from_pretrained(adapter=...)`` (and ``eval``, ``encode``, ``serve``, ``ablate``)
+fold an adapter into fp32 base weights by default; ``merge=False`` (``--no-merge-lora``)
+keeps peft's LoRA layers, which add two narrow matmuls, a dropout slot and an add to every
+adapted linear layer. This measures what merging buys on the first N distinct STSb test
+sentences for one trained adapter (default: a run of the 30-minute recipe, LoRA on every
+linear layer) and checks the two give the same vectors. Both embedders live in one
+process; each repeat encodes everything once per form, in alternating order, after one
+warm-up batch each.
+
+    flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_merge.py --adapter DIR
+
+writes ``bench/results/merge.json`` and the "LoRA merged for inference" section of
+``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from common import (
+    alternating,
+    cosines,
+    environment,
+    environment_block,
+    fmt_ratio,
+    paired_ratio,
+    replace_section,
+    save_result,
+    spread,
+    sts_sentences,
+    table,
+)
+
+HEADING = "LoRA merged for inference"
+DEFAULT_ADAPTER = "runs/equal-time/runs/seed=42"  # ablations/cpu-equal-time.yaml's seed 42
+MIN_COSINE = 0.9999
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--adapter", default=DEFAULT_ADAPTER, help="a trained adapter folder")
+    parser.add_argument("--sentences", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+
+    from lmembed import Embedder
+
+    texts = sts_sentences(args.sentences)
+    forms = {
+        "merged": Embedder.from_pretrained(adapter=args.adapter, dtype="fp32"),
+        "separate": Embedder.from_pretrained(adapter=args.adapter, dtype="fp32", merge=False),
+    }
+    targets = forms["separate"].model.peft_config["default"].target_modules
+    for embedder in forms.values():
+        embedder.encode(texts[: args.batch_size], batch_size=args.batch_size)  # warm-up
+
+    seconds: dict[str, list[float]] = {name: [] for name in forms}
+    vectors = {}
+    for repeat in range(args.repeats):
+        for name in alternating(list(forms), repeat):
+            tick = time.perf_counter()
+            vectors[name] = forms[name].encode(texts, batch_size=args.batch_size)
+            seconds[name].append(time.perf_counter() - tick)
+            print(f"{name}: {len(texts) / seconds[name][-1]:.1f} sentences/s", flush=True)
+
+    agreement = cosines(vectors["merged"], vectors["separate"])
+    if agreement.min() < MIN_COSINE:
+        raise SystemExit(f"merged and separate LoRA disagree: min cosine {agreement.min():.6f}")
+    speedup = paired_ratio(seconds["separate"], seconds["merged"])
+    env = environment()
+    spec = forms["merged"].spec
+    save_result("merge", {
+        "what": f"encoding {len(texts)} STSb sentences with {args.adapter}, fp32, batch "
+                f"{args.batch_size}",
+        "environment": env,
+        "model": spec.model,
+        "lora_targets": sorted(targets),
+        "seconds": {name: spread(values) for name, values in seconds.items()},
+        "merged_speedup": speedup,
+        "min_cosine": round(float(agreement.min()), 7),
+    })  # fmt: skip
+
+    rows = [
+        [name, f"{len(texts) / statistics.median(seconds[name]):.1f}",
+         f"{statistics.median(seconds[name]):.1f}"]
+        for name in forms
+    ]  # fmt: skip
+    body = "\n\n".join([
+        environment_block(env, target=f"python bench/bench_merge.py --adapter {args.adapter}"),
+        f"{spec.model} with the adapter `{args.adapter}` (LoRA on {', '.join(sorted(targets))}), "
+        f"fp32, the first {len(texts)} distinct sentences of STSb test, batch "
+        f"{args.batch_size}. Both forms in one process, {args.repeats} repeats in alternating "
+        "order after a warm-up batch; medians, and the per-repeat ratio as median (min-max).",
+        table(["LoRA", "sentences/s", "seconds"], rows),
+        f"- merged vs separate: {fmt_ratio(speedup)}; the vectors agree to a cosine of "
+        f"{agreement.min():.7f} at least (the check: ≥ {MIN_COSINE}).",
+    ])  # fmt: skip
+    replace_section(HEADING, body)
+    print(f"merged vs separate: {fmt_ratio(speedup)}, min cosine {agreement.min():.7f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -36,7 +36,7 @@ from common import (
 )
 
 HEADING = "LoRA merged for inference"
-DEFAULT_ADAPTER = "runs/equal-time/runs/seed=42"  # ablations/cpu-equal-time.yaml's seed 42
+DEFAULT_ADAPTER = "runs/equal-time/runs/default"  # ablations/cpu-equal-time.yaml, seed 42
 MIN_COSINE = 0.9999
 
 
@@ -91,7 +91,7 @@ def main() -> None:
         for name in forms
     ]  # fmt: skip
     body = "\n\n".join([
-        environment_block(env, target=f"python bench/bench_merge.py --adapter {args.adapter}"),
+        environment_block(env, target="bench/bench_merge.py"),
         f"{spec.model} with the adapter `{args.adapter}` (LoRA on {', '.join(sorted(targets))}), "
         f"fp32, the first {len(texts)} distinct sentences of STSb test, batch "
         f"{args.batch_size}. Both forms in one process, {args.repeats} repeats in alternating "

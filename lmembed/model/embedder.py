@@ -68,9 +68,10 @@ class Embedder(torch.nn.Module):
 
         ``merge`` folds an adapter into fp32 base weights: the same vectors (to float
         rounding) without LoRA's extra matmuls at every linear layer. In bf16/fp16 the
-        adapter stays separate, as it was trained, because rounding W + BA to the base's
-        8 or 11 mantissa bits drops most of a small update. ``merge=False`` keeps the peft
-        model (to save the adapter again or train it further).
+        adapter stays separate, as it was trained: rounding W + BA to the base's 8 (bf16) or
+        11 (fp16) mantissa bits would lose every part of the update below half a unit in
+        the last place of W. ``merge=False`` keeps the peft model (to save the adapter
+        again or train it further).
         """
         backbone, tokenizer = load_backbone(spec.model, spec.dtype, spec.trust_remote_code)
         if spec.adapter is not None:

@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from dataclasses import replace
 
 import numpy as np
 from common import (
-    alternating,
     cosines,
     environment,
     environment_block,
@@ -35,6 +33,7 @@ from common import (
     spread,
     sts_sentences,
     table,
+    timed_rounds,
 )
 from systems import Recipe, check_same_tokens, st_model
 
@@ -87,14 +86,7 @@ def main() -> None:
     for encode in encoders.values():
         encode(texts[: args.batch_size])  # warm-up: first-call allocations, lazy imports
 
-    seconds: dict[str, list[float]] = {name: [] for name in encoders}
-    vectors = {}
-    for repeat in range(args.repeats):
-        for name in alternating(list(encoders), repeat):
-            tick = time.perf_counter()
-            vectors[name] = np.asarray(encoders[name](texts), dtype=np.float32)
-            seconds[name].append(time.perf_counter() - tick)
-            print(f"{name}: {len(texts) / seconds[name][-1]:.1f} sentences/s", flush=True)
+    seconds, vectors = timed_rounds(encoders, texts, args.repeats)
 
     bf16 = cosines(vectors["lmembed"], vectors["sentence-transformers"])
     sample = texts[: args.check_sentences]

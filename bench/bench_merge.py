@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 from common import (
-    alternating,
     cosines,
     environment,
     environment_block,
@@ -33,6 +31,7 @@ from common import (
     spread,
     sts_sentences,
     table,
+    timed_rounds,
 )
 
 HEADING = "LoRA merged for inference"
@@ -59,14 +58,11 @@ def main() -> None:
     for embedder in forms.values():
         embedder.encode(texts[: args.batch_size], batch_size=args.batch_size)  # warm-up
 
-    seconds: dict[str, list[float]] = {name: [] for name in forms}
-    vectors = {}
-    for repeat in range(args.repeats):
-        for name in alternating(list(forms), repeat):
-            tick = time.perf_counter()
-            vectors[name] = forms[name].encode(texts, batch_size=args.batch_size)
-            seconds[name].append(time.perf_counter() - tick)
-            print(f"{name}: {len(texts) / seconds[name][-1]:.1f} sentences/s", flush=True)
+    encoders = {
+        name: lambda batch, embedder=embedder: embedder.encode(batch, batch_size=args.batch_size)
+        for name, embedder in forms.items()
+    }
+    seconds, vectors = timed_rounds(encoders, texts, args.repeats)
 
     agreement = cosines(vectors["merged"], vectors["separate"])
     if agreement.min() < MIN_COSINE:

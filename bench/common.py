@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -117,6 +118,22 @@ def alternating(systems: Sequence[str], repeat: int) -> list[str]:
     """Run order of repeat ``repeat``: the list rotated, so no system always goes first."""
     shift = repeat % len(systems)
     return [*systems[shift:], *systems[:shift]]
+
+
+def timed_rounds(
+    encoders: dict[str, Callable[[list[str]], np.ndarray]], texts: list[str], repeats: int
+) -> tuple[dict[str, list[float]], dict[str, np.ndarray]]:
+    """Each encoder over ``texts`` once per repeat, in ``alternating`` order: the seconds
+    per encoder and repeat, and each encoder's vectors (float32) from its last repeat."""
+    seconds: dict[str, list[float]] = {name: [] for name in encoders}
+    vectors = {}
+    for repeat in range(repeats):
+        for name in alternating(list(encoders), repeat):
+            tick = time.perf_counter()
+            vectors[name] = np.asarray(encoders[name](texts), dtype=np.float32)
+            seconds[name].append(time.perf_counter() - tick)
+            print(f"{name}: {len(texts) / seconds[name][-1]:.1f} sentences/s", flush=True)
+    return seconds, vectors
 
 
 # --- texts and vectors ----------------------------------------------------------------------

@@ -43,6 +43,9 @@ RESUME_MUST_MATCH = (
     "epochs",
     "lr",
     "ema_decay",
+    "lora_r",  # the adapter's shape and scale: a checkpoint of another one cannot continue
+    "lora_alpha",
+    "lora_targets",
 )
 
 
@@ -144,7 +147,8 @@ class TrainingState:
                 f"{k}: {state['config'].get(k)!r} -> {self.config.get(k)!r}" for k in changed
             )
             raise ValueError(
-                f"cannot resume {folder}: options changed since it was written ({details})"
+                f"cannot resume {folder}: options changed since it was written ({details}); "
+                "resume with the options it was written with, or train into another --output"
             )
         set_peft_model_state_dict(self.model, load_file(str(folder / "adapter.safetensors")))
         training = torch.load(folder / "training.pt", weights_only=False)

@@ -163,6 +163,10 @@ def test_resume_refuses_changed_options(tiny_llama, triplets_csv, tmp_path):
     train(config)
     with pytest.raises(ValueError, match="batch_size"):
         train(config.replace(resume=True, batch_size=4))
+    for shape in ({"lora_targets": ["all-linear"]}, {"lora_r": 4}, {"lora_alpha": 8}):
+        # An adapter of another shape or scale: loading its weights would fail or mislead.
+        with pytest.raises(ValueError, match=f"options changed.*{next(iter(shape))}"):
+            train(config.replace(resume=True, **shape))
 
 
 def test_non_finite_loss_stops_and_keeps_checkpoint(tiny_llama, triplets_csv, tmp_path):

@@ -165,3 +165,22 @@ def test_inference_commands_merge_lora_unless_told_not_to(tiny_llama, tmp_path):
         args = parser.parse_args(["eval", "--adapter", adapter, *flags])
         embedder = cli._load(given(args, args.spec_names))
         assert isinstance(embedder.model, PeftModel) == separate, flags
+
+
+def test_eval_compare_base_beside_engine_flags(tiny_llama, tmp_path):
+    """--compare-base rebuilds the base model's spec from the embedding flags only: the
+    engine flags (--backend, --no-merge-lora) go to the loader, not into the spec."""
+    import json
+
+    from tiny_models import random_lora_adapter
+
+    adapter = random_lora_adapter(tmp_path / "adapter", tiny_llama)
+    rows = ["sentence1\tsentence2\tscore", "a dog runs .\ta cat sleeps .\t1.0",
+            "a man sings .\ta man sings a song .\t4.5", "it rains .\tstocks fell .\t0"]  # fmt: skip
+    (tmp_path / "pairs.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out = tmp_path / "scores.json"
+    cli.main(["eval", "--adapter", adapter, "--tasks", str(tmp_path / "pairs.tsv"),
+              "--compare-base", "--no-merge-lora", "--output", str(out)])  # fmt: skip
+    scores = json.loads(out.read_text())
+    assert scores["base"]["model"] == str(tiny_llama) and scores["base"]["adapter"] is None
+    assert scores["adapter"] == adapter

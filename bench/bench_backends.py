@@ -223,10 +223,7 @@ def against_fastest_st(result: dict) -> dict:
     hold (min cosine >= ``USABLE_COSINE``: the bar lmembed's own int8 exports must pass),
     and every engine's per-repeat speed-up over it (``vs_fastest_st``)."""
     seconds = {name: spread["values"] for name, spread in result["seconds"].items()}
-    usable = [
-        name for name in seconds if name.startswith("sentence-transformers") and holds(result, name)
-    ]
-    fastest = min(usable, key=lambda name: statistics.median(seconds[name]))
+    fastest = fastest_usable(result, "sentence-transformers")
     ratios = {
         name: spread([b / a for a, b in zip(values, seconds[fastest], strict=True)])
         for name, values in seconds.items()
@@ -290,11 +287,17 @@ def holds(result: dict, name: str) -> bool:
     return result["min_cosine_vs_torch"][name] >= USABLE_COSINE
 
 
+def fastest_usable(result: dict, system: str) -> str:
+    """The engine of ``system`` (its name's prefix) with the lowest median time among those
+    whose vectors hold."""
+    usable = [name for name in result["seconds"] if name.startswith(system) and holds(result, name)]
+    return min(usable, key=lambda name: result["seconds"][name]["median"])
+
+
 def verdict(result: dict) -> str:
     """The bar, lmembed's fastest engine that clears the cosine bar, and who falls below it."""
     seconds = result["seconds"]
-    ours = [name for name in seconds if name.startswith("lmembed") and holds(result, name)]
-    best = min(ours, key=lambda name: seconds[name]["median"])
+    best = fastest_usable(result, "lmembed")
     below = [
         f"{name} ({result['min_cosine_vs_torch'][name]:.4f}, {seconds[name]['median']:.2f} s)"
         for name in seconds

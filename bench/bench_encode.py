@@ -83,10 +83,8 @@ def main() -> None:
         "sentence-transformers": lambda batch: st.encode(batch, batch_size=args.batch_size,
                                                          show_progress_bar=False),
     }  # fmt: skip
-    for encode in encoders.values():
-        encode(texts[: args.batch_size])  # warm-up: first-call allocations, lazy imports
 
-    seconds, vectors = timed_rounds(encoders, texts, args.repeats)
+    seconds, vectors = timed_rounds(encoders, texts, args.repeats, warm_up=args.batch_size)
 
     bf16 = cosines(vectors["lmembed"], vectors["sentence-transformers"])
     sample = texts[: args.check_sentences]

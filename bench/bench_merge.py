@@ -55,14 +55,11 @@ def main() -> None:
         "separate": Embedder.from_pretrained(adapter=args.adapter, dtype="fp32", merge=False),
     }
     targets = forms["separate"].model.peft_config["default"].target_modules
-    for embedder in forms.values():
-        embedder.encode(texts[: args.batch_size], batch_size=args.batch_size)  # warm-up
-
     encoders = {
         name: lambda batch, embedder=embedder: embedder.encode(batch, batch_size=args.batch_size)
         for name, embedder in forms.items()
     }
-    seconds, vectors = timed_rounds(encoders, texts, args.repeats)
+    seconds, vectors = timed_rounds(encoders, texts, args.repeats, warm_up=args.batch_size)
 
     agreement = cosines(vectors["merged"], vectors["separate"])
     if agreement.min() < MIN_COSINE:

@@ -121,10 +121,16 @@ def alternating(systems: Sequence[str], repeat: int) -> list[str]:
 
 
 def timed_rounds(
-    encoders: dict[str, Callable[[list[str]], np.ndarray]], texts: list[str], repeats: int
+    encoders: dict[str, Callable[[list[str]], np.ndarray]],
+    texts: list[str],
+    repeats: int,
+    warm_up: int,
 ) -> tuple[dict[str, list[float]], dict[str, np.ndarray]]:
-    """Each encoder over ``texts`` once per repeat, in ``alternating`` order: the seconds
-    per encoder and repeat, and each encoder's vectors (float32) from its last repeat."""
+    """Each encoder once over the first ``warm_up`` texts (untimed: first-call allocations,
+    lazy imports), then over ``texts`` once per repeat, in ``alternating`` order: the
+    seconds per encoder and repeat, and each encoder's vectors (float32) from its last."""
+    for encode in encoders.values():
+        encode(texts[:warm_up])
     seconds: dict[str, list[float]] = {name: [] for name in encoders}
     vectors = {}
     for repeat in range(repeats):

@@ -134,17 +134,23 @@ def test_encode_command_writes_what_the_embedder_gives(tiny_llama, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "r.npy"), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_eval_scores_an_own_sts_file_at_several_sizes(tiny_llama, tmp_path, capsys):
-    import json
-
+def _pairs_file(folder) -> str:
+    """A four-pair STS file of the user-file layout (sentence1, sentence2, score)."""
     rows = [("a man plays a guitar .", "a man plays music .", 4.5),
             ("a dog runs .", "a cat sleeps .", 1.0),
             ("the sky is blue .", "the sky is clear .", 3.5),
             ("two kids swim .", "stocks fell today .", 0.0)]  # fmt: skip
-    path = tmp_path / "pairs.tsv"
+    path = folder / "pairs.tsv"
     lines = ["sentence1\tsentence2\tscore"] + [f"{a}\t{b}\t{s}" for a, b, s in rows]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    flags = ["--model", str(tiny_llama), "--dtype", "fp32", "--tasks", str(path)]
+    return str(path)
+
+
+def test_eval_scores_an_own_sts_file_at_several_sizes(tiny_llama, tmp_path, capsys):
+    import json
+
+    path = _pairs_file(tmp_path)
+    flags = ["--model", str(tiny_llama), "--dtype", "fp32", "--tasks", path]
     cli.main(["eval", *flags, "--output", str(tmp_path / "plain.json")])
     plain = json.loads((tmp_path / "plain.json").read_text())
     assert list(plain["tasks"]) and plain["tasks"][next(iter(plain["tasks"]))]["pairs"] == 4
@@ -175,11 +181,8 @@ def test_eval_compare_base_beside_engine_flags(tiny_llama, tmp_path):
     from tiny_models import random_lora_adapter
 
     adapter = random_lora_adapter(tmp_path / "adapter", tiny_llama)
-    rows = ["sentence1\tsentence2\tscore", "a dog runs .\ta cat sleeps .\t1.0",
-            "a man sings .\ta man sings a song .\t4.5", "it rains .\tstocks fell .\t0"]  # fmt: skip
-    (tmp_path / "pairs.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     out = tmp_path / "scores.json"
-    cli.main(["eval", "--adapter", adapter, "--tasks", str(tmp_path / "pairs.tsv"),
+    cli.main(["eval", "--adapter", adapter, "--tasks", _pairs_file(tmp_path),
               "--compare-base", "--no-merge-lora", "--output", str(out)])  # fmt: skip
     scores = json.loads(out.read_text())
     assert scores["base"]["model"] == str(tiny_llama) and scores["base"]["adapter"] is None

@@ -144,6 +144,6 @@ def test_inference_merges_lora_into_fp32_weights_with_the_same_vectors(tiny_llam
 
 
 def test_bf16_inference_keeps_the_adapter_separate(tiny_llama, tmp_path):
-    """Rounding W + BA to bf16 would drop most of a small update, so no merge there."""
+    """Rounding W + BA to bf16 would lose the update below W's last bit, so no merge there."""
     adapter = random_lora_adapter(tmp_path / "adapter", tiny_llama)
     assert isinstance(Embedder.from_pretrained(adapter=adapter, dtype="bf16").model, PeftModel)

@@ -31,6 +31,11 @@ def native_bf16() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
+def accelerator() -> torch.device | None:
+    """The GPU to encode on when there is one; ``None`` keeps the model on the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else None
+
+
 def package_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for package in packages:

@@ -22,6 +22,7 @@ from lmembed.io import cache_root, folder_fingerprint
 from lmembed.model.embedder import Embedder
 from lmembed.model.spec import SPEC_FILE, EmbeddingSpec, resolve_spec
 from lmembed.options import option
+from lmembed.system import accelerator
 
 logger = logging.getLogger("lmembed")
 
@@ -60,7 +61,7 @@ def load_encoder(
                 f"{spec_options['model']} is an {exported} export (no torch weights); "
                 f"use --backend {'onnx' if exported == 'onnx' else 'openvino'}"
             )
-        return Embedder.from_pretrained(merge=merge_lora, **spec_options)
+        return Embedder.from_pretrained(device=accelerator(), merge=merge_lora, **spec_options)
     spec = resolve_spec(spec_options)
     folder = Path(spec.model) if exported and spec.adapter is None else cached_export(spec)
     if backend == "onnx" and export_backend(str(folder)) == "openvino":

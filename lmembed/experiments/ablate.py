@@ -25,6 +25,7 @@ from lmembed.experiments.sweep import Sweep, load_sweep, read_record
 from lmembed.io import atomic_write_json
 from lmembed.model.embedder import Embedder
 from lmembed.model.spec import EmbeddingSpec
+from lmembed.system import accelerator
 from lmembed.training.config import TrainConfig
 from lmembed.training.run_dir import read_metrics
 from lmembed.training.trainer import train
@@ -121,7 +122,7 @@ def _train_and_score(
                 cache[key] = load_training_data(config.dataset)
             train(config, data=cache[key])
         gc.collect()
-        embedder = Embedder.from_pretrained(adapter=folder)
+        embedder = Embedder.from_pretrained(adapter=folder, device=accelerator())
         result = evaluate(embedder, sweep.tasks, sweep.data_dir, sweep.eval_batch_size)
         record["eval"] = result.to_dict()
         record["status"] = "ok"
@@ -141,7 +142,7 @@ def _score_base(sweep: Sweep, embedding: dict[str, Any]) -> dict[str, Any]:
     began = time.perf_counter()
     record: dict[str, Any] = {"embedding": embedding, "status": "failed", "error": None}
     try:
-        embedder = Embedder.from_spec(EmbeddingSpec.from_dict(embedding))
+        embedder = Embedder.from_spec(EmbeddingSpec.from_dict(embedding), accelerator())
         result = evaluate(embedder, sweep.tasks, sweep.data_dir, sweep.eval_batch_size)
         record["eval"] = result.to_dict()
         record["status"] = "ok"

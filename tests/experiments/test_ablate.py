@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from tiny_models import shared_data_dir
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
@@ -330,3 +331,26 @@ def test_every_shipped_sweep_file_plans(name, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     sweep = load_sweep(REPO / "ablations" / name, tmp_path / "out", data_dir=shared_data_dir())
     assert sweep.configs and sweep.tasks
+
+
+def test_runs_are_scored_on_the_device_accelerator_picks(
+    tiny_llama, nli_csv, sts_dir, tmp_path, monkeypatch
+):
+    asked, scored_on = [], []
+
+    def accelerator():  # the GPU where there is one; CI has none, so the CPU stands in
+        asked.append(True)
+        return torch.device("cpu")
+
+    def evaluate(encoder, *args, **kwargs):
+        scored_on.append(encoder.device)
+        return real_evaluate(encoder, *args, **kwargs)
+
+    real_evaluate = ablate.evaluate
+    monkeypatch.setattr(ablate, "accelerator", accelerator)
+    monkeypatch.setattr(ablate, "evaluate", evaluate)
+    run_ablation(
+        sweep_dict(tiny_llama, nli_csv, sts_dir, {"lr": {"grid": {"lr": [1e-3]}}}), tmp_path
+    )
+    assert len(asked) == 2  # the base model and the trained run
+    assert scored_on == [torch.device("cpu")] * 2

@@ -1,7 +1,7 @@
 """Training-step candidates, each against the current step on the same batches.
 
 Every candidate is a separately built demo-recipe trainer (gemma-3-270m, ``--dtype auto``,
-32 NLI triplets per step, LoRA 8/32/0.1 on q_proj/v_proj) in this one process. Each round
+32 NLI triplets per step, LoRA 8/32/0.1 on every linear layer) in this one process. Each round
 runs one step of every trainer on the same batch, in rotated order; a candidate's speed-up
 is the current step's seconds over its own in the same round, median (min-max) over rounds.
 Candidates (issue 17):

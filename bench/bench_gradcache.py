@@ -255,8 +255,10 @@ def section(args: argparse.Namespace, env: dict, runs: dict, ratios: dict) -> st
         "more (see `losses` in the JSON), because bf16 rounding depends on how the texts are "
         "chunked and padded.",
         "GPU: `bench/gpu_check.py` (random Gemma-3-270M, 20 bf16 steps at batch 32 and at "
-        "batch 256 with GradCache) is prepared but has not run on a GPU yet; `python "
-        "bench/gpu_check.py --smoke` runs it on CPU.",
+        "batch 256 with GradCache, then a CPU/GPU parity check of fp32 vectors) has not run "
+        "on a GPU yet (the H200 lent on 2026-12-01 found it broken by a moved import, fixed "
+        "since and covered by a smoke test); `python bench/gpu_check.py --smoke` runs it on "
+        "CPU.",
     ])  # fmt: skip
 
 

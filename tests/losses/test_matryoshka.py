@@ -139,7 +139,8 @@ def test_grad_cache_gives_the_full_batch_gradients(tiny_llama):
     embedder = _embedder(tiny_llama)
     loss, grads = _step(embedder, BATCH, Distributed(), [len(BATCH)], None)
     cached_loss, cached = _step(embedder, BATCH, Distributed(), [len(BATCH)], 3)
-    assert cached_loss == pytest.approx(loss, abs=1e-6)
+    # fp32 with other padding per chunk: 2.4e-6 apart on an AVX2 CPU, within 1e-6 on AVX-512
+    assert cached_loss == pytest.approx(loss, abs=1e-5)
     _assert_same(cached, grads)
     assert max(g.abs().max() for g in grads.values()) > 1e-3
 

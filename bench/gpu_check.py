@@ -39,6 +39,8 @@ from transformers.models.gemma3.configuration_gemma3 import Gemma3TextConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import cosines  # noqa: E402  (bench/, the script's own folder)
+
 from lmembed.cli import main as lmembed_main  # noqa: E402
 from lmembed.io import atomic_write_json  # noqa: E402
 from lmembed.model.embedder import Embedder  # noqa: E402
@@ -166,9 +168,7 @@ def parity(root: Path, n: int = 256) -> dict:
     reference = on_cpu.encode(texts, batch_size=32, show_progress=False)
     device = accelerator() or torch.device("cpu")
     other = on_cpu.to(device).encode(texts, batch_size=32, show_progress=False)
-    cosine = (reference * other).sum(1) / (
-        np.linalg.norm(reference, axis=1) * np.linalg.norm(other, axis=1)
-    )
+    cosine = cosines(reference, other)
     worst = np.argsort(cosine)[:5]
     result = {
         "device": str(device),

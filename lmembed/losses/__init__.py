@@ -25,12 +25,15 @@ def build_loss(
     margin: float,
     matryoshka_dims: Sequence[int] = (),
     matryoshka_weights: Sequence[float] | None = None,
+    learn_temperature: bool = False,
 ) -> torch.nn.Module:
     """The loss module a config names (``TrainConfig`` validates the combination);
     with ``matryoshka_dims``, summed over those truncations."""
     if name == "infonce":
-        loss: torch.nn.Module = InfoNCELoss(temperature)
+        loss: torch.nn.Module = InfoNCELoss(temperature, learn_temperature)
     elif name == "triplet":
+        if learn_temperature:
+            raise ValueError("the triplet loss has no temperature to learn; use infonce")
         loss = TripletLoss(margin)
     else:
         raise ValueError(f"loss must be 'infonce' or 'triplet', got {name!r}")

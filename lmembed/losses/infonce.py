@@ -12,9 +12,15 @@ package shares one contract: ``positives[i]`` is anchor ``i``'s positive, and
 of a global batch, or several negatives per anchor); every row is a candidate.
 Whether negatives are used at all is the trainer's decision (``hard_negatives``),
 made once, by what it passes.
+
+The temperature is fixed (the paper's 0.05) or learned, as CLIP learns it: the
+parameter is the log of the inverse temperature, so optimizer steps are relative
+changes, capped at CLIP's scale of 100 (temperature 0.01).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +35,7 @@ def info_nce(
     anchors: torch.Tensor,
     positives: torch.Tensor,
     negatives: torch.Tensor | None = None,
-    temperature: float = 0.05,
+    temperature: float | torch.Tensor = 0.05,
 ) -> torch.Tensor:
     """Mean InfoNCE loss; anchor ``i``'s target is ``positives[i]``."""
     logits = cosine_matrix(anchors, positives)
@@ -39,14 +45,30 @@ def info_nce(
     return F.cross_entropy(logits / temperature, labels)
 
 
-class InfoNCELoss(torch.nn.Module):
-    """``info_nce`` with its temperature bound; ``forward`` takes (anchor, positive, negative)."""
+MAX_LOG_SCALE = math.log(100.0)  # CLIP's cap on the inverse temperature
 
-    def __init__(self, temperature: float = 0.05) -> None:
+
+class InfoNCELoss(torch.nn.Module):
+    """``info_nce`` with its temperature bound; ``forward`` takes (anchor, positive, negative).
+
+    With ``learnable``, the temperature starts at ``temperature`` and is a parameter of
+    this module (``log_scale``) for the optimizer to train.
+    """
+
+    def __init__(self, temperature: float = 0.05, learnable: bool = False) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = temperature
+        self.initial_temperature = temperature
+        self.log_scale = (
+            torch.nn.Parameter(torch.tensor(-math.log(temperature))) if learnable else None
+        )
+
+    @property
+    def temperature(self) -> float | torch.Tensor:
+        if self.log_scale is None:
+            return self.initial_temperature
+        return torch.exp(-self.log_scale.clamp(max=MAX_LOG_SCALE))
 
     def forward(
         self,

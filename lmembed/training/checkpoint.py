@@ -43,6 +43,7 @@ RESUME_MUST_MATCH = (
     "epochs",
     "lr",
     "ema_decay",
+    "temperature_lr",  # a learned temperature is an optimizer parameter group
     "lora_r",  # the adapter's shape and scale: a checkpoint of another one cannot continue
     "lora_alpha",
     "lora_targets",
@@ -76,7 +77,8 @@ class TrainingState:
 
     ``config`` is the flat option dict (``TrainConfig.to_dict()``); resuming checks the
     options in ``RESUME_MUST_MATCH`` against it. ``average`` is the weight average
-    (``--ema-decay``), if the run keeps one.
+    (``--ema-decay``), if the run keeps one; ``loss`` the loss module, whose state is a
+    learned temperature (``--temperature-lr``) or nothing.
     """
 
     model: torch.nn.Module
@@ -84,6 +86,7 @@ class TrainingState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     config: dict[str, Any]
     average: ExponentialAverage | None = None
+    loss: torch.nn.Module | None = None
 
     def save(
         self, folder: str | Path, step: int, rng_per_rank: list[dict[str, Any]] | None = None
@@ -122,6 +125,7 @@ class TrainingState:
                 "scheduler": self.scheduler.state_dict(),
                 "rng": rng_per_rank,
                 "average": self.average.state_dict() if self.average else None,
+                "loss": self.loss.state_dict() if self.loss is not None else None,
             },
             training,
         )
@@ -157,6 +161,8 @@ class TrainingState:
         set_rng_states(training["rng"][rank])
         if self.average is not None:
             self.average.load_state_dict(training["average"])
+        if self.loss is not None and training.get("loss") is not None:
+            self.loss.load_state_dict(training["loss"])
         return int(state["step"])
 
 

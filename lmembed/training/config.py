@@ -44,7 +44,13 @@ class TrainConfig:
     weight_decay: float = option(1e-4, "AdamW weight decay")
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 disables)")
     loss: Literal["infonce", "triplet"] = option("infonce", "loss function")
-    temperature: float = option(0.05, "InfoNCE temperature")
+    temperature: float = option(0.05, "InfoNCE temperature (the start value with --temperature-lr)")
+    temperature_lr: float | None = option(
+        None,
+        "learn the InfoNCE temperature, as CLIP does, with this peak learning rate (its log "
+        "is trained, no weight decay, same schedule; capped at 0.01); fixed when unset. "
+        "Steps move log(temperature) by about this much each, so short runs need e.g. 1e-2",
+    )
     margin: float = option(0.2, "triplet loss margin on cosine distance")
     hard_negatives: bool = option(True, "use the data's negatives as extra candidates")
     matryoshka_weights: list[float] = option(
@@ -83,6 +89,11 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.temperature_lr is not None:
+            if self.temperature_lr <= 0:
+                raise ValueError(f"temperature_lr must be positive, got {self.temperature_lr}")
+            if self.loss != "infonce":
+                raise ValueError(f"--temperature-lr needs the infonce loss, not {self.loss}")
         if self.embedding.matryoshka_dims:
             check_dims(self.embedding.matryoshka_dims, self.matryoshka_weights or None)
         elif self.matryoshka_weights:

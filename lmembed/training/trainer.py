@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from lmembed.data.training import Batch, TrainingData, load_training_data
-from lmembed.losses import build_loss
+from lmembed.losses import InfoNCELoss, build_loss
 from lmembed.model.embedder import Embedder
 from lmembed.model.loading import load_backbone
 from lmembed.model.lora import attach_lora, load_adapter, use_fast_dropout
@@ -88,6 +88,23 @@ def save_adapters(embedder: Embedder, run: RunDir, average: ExponentialAverage |
     embedder.save_adapter(run.last_step)
     with average.applied():
         embedder.save_adapter(run.path)
+
+
+def build_optimizer(
+    config: TrainConfig, trainable: list[torch.nn.Parameter], learned: list[torch.nn.Parameter]
+) -> torch.optim.Optimizer:
+    """AdamW on the LoRA weights; a learned temperature is a second group with its own
+    learning rate and no weight decay (decay would pull it toward 1)."""
+    groups: list[dict] = [{"params": trainable}]
+    if learned:
+        groups.append({"params": learned, "lr": config.temperature_lr, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def learned_temperature(loss_fn: torch.nn.Module) -> float:
+    """The current temperature of the InfoNCE loss inside ``loss_fn`` (Matryoshka wraps it)."""
+    infonce = next(m for m in loss_fn.modules() if isinstance(m, InfoNCELoss))
+    return float(infonce.temperature)
 
 
 def total_steps(config: TrainConfig, data: TrainingData) -> int:
@@ -176,12 +193,14 @@ def _train(config: TrainConfig, data: TrainingData | None, job: Distributed) -> 
         config.margin,
         config.embedding.matryoshka_dims,
         config.matryoshka_weights,
+        learn_temperature=config.temperature_lr is not None,
     )
     trainable = [p for p in embedder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    learned = list(loss_fn.parameters())  # the temperature with --temperature-lr
+    optimizer = build_optimizer(config, trainable, learned)
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(config.warmup, n_steps), n_steps)
     average = ExponentialAverage(trainable, config.ema_decay) if config.ema_decay else None
-    state = TrainingState(embedder.model, optimizer, scheduler, config.to_dict(), average)
+    state = TrainingState(embedder.model, optimizer, scheduler, config.to_dict(), average, loss_fn)
 
     start = 0
     if config.resume and run.has_checkpoint():
@@ -218,7 +237,7 @@ def _train(config: TrainConfig, data: TrainingData | None, job: Distributed) -> 
                 f"loss is {loss_value} at step {step + 1}; stopped. The last checkpoint in "
                 f"{run.checkpoint} is intact: lower --lr or check the data, then --resume."
             )
-        average_gradients(trainable, job)
+        average_gradients(trainable + learned, job)
         if config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         optimizer.step()
@@ -233,7 +252,10 @@ def _train(config: TrainConfig, data: TrainingData | None, job: Distributed) -> 
         lr = scheduler.get_last_lr()[0]
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", triplets_s=f"{rate:.1f}")
         if log is not None:
-            log.write({"step": done, "loss": loss_value, "lr": lr, "triplets_per_s": rate})
+            record = {"step": done, "loss": loss_value, "lr": lr, "triplets_per_s": rate}
+            if learned:
+                record["temperature"] = learned_temperature(loss_fn)
+            log.write(record)
         if config.save_every and done % config.save_every == 0 and done < n_steps:
             save_checkpoint_on_main(state, run.checkpoint, done, job)
 

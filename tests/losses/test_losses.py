@@ -62,3 +62,30 @@ def test_loss_options_are_validated():
         TrainConfig(loss="triplet", hard_negatives=False)
     with pytest.raises(ValueError, match="infonce"):
         build_loss("cosent", 0.05, 0.2)
+
+
+def test_learned_temperature_starts_at_the_given_one_and_its_gradient_sharpens_a_right_ranking():
+    torch.manual_seed(3)
+    q = torch.randn(4, 8)
+    p = q + 0.1 * torch.randn(4, 8)  # every anchor's own positive ranks first
+    n = torch.randn(4, 8)
+    loss_fn = InfoNCELoss(0.05, learnable=True)
+    assert [name for name, _ in loss_fn.named_parameters()] == ["log_scale"]
+    loss = loss_fn(q, p, n)
+    assert loss.item() == pytest.approx(_hand_info_nce(q, p, n, 0.05), rel=1e-4)  # exp(log t)
+    loss.backward()
+    # A colder softmax lowers the loss when the ranking is right: descent raises the scale.
+    assert loss_fn.log_scale.grad < 0
+    with torch.no_grad():
+        loss_fn.log_scale.fill_(10.0)
+    assert float(loss_fn.temperature) == pytest.approx(0.01)  # CLIP's cap
+    assert list(InfoNCELoss(0.05).parameters()) == []
+
+
+def test_a_learned_temperature_needs_infonce():
+    with pytest.raises(ValueError, match="infonce"):
+        TrainConfig(loss="triplet", temperature_lr=1e-2)
+    with pytest.raises(ValueError, match="positive"):
+        TrainConfig(temperature_lr=0.0)
+    with pytest.raises(ValueError, match="no temperature"):
+        build_loss("triplet", 0.05, 0.2, learn_temperature=True)

@@ -64,7 +64,8 @@ def _run_config(model, data, output) -> TrainConfig:
 
 
 def one_step(model, data_path, ctx: Distributed, indices, mini_batch_size):
-    """Loss and averaged LoRA gradients of one step on the global batch ``indices``.
+    """Loss and averaged gradients (LoRA and a learned temperature's) of one step on the
+    global batch ``indices``.
 
     LoRA dropout is 0 here: dropout masks are drawn per forward pass from each
     process's RNG, and a rank embedding 4 triplets cannot draw the masks a single
@@ -85,11 +86,12 @@ def one_step(model, data_path, ctx: Distributed, indices, mini_batch_size):
     full = Batch([a for a, _, _ in rows], [p for _, p, _ in rows], [[n] for *_, n in rows], "t")
     local, sizes = ctx.shard(full)
     batch = batch_texts(local, hard_negatives=True)
-    loss_fn = build_loss("infonce", 0.05, 0.2)
+    loss_fn = build_loss("infonce", 0.05, 0.2, learn_temperature=True)
     loss = forward_backward(embedder, loss_fn, batch, ctx, sizes, mini_batch_size)
     value = mean_across(loss, ctx)
-    average_gradients(trainable, ctx)
+    average_gradients([*trainable, loss_fn.log_scale], ctx)
     grads = {n: p.grad.clone() for n, p in embedder.named_parameters() if p.requires_grad}
+    grads["temperature"] = loss_fn.log_scale.grad.clone()
     return value, grads
 
 
@@ -139,8 +141,9 @@ def two_process_runs(tiny_llama, tmp_path_factory):
 @pytest.mark.parametrize("mini_batch", sorted(MINI_BATCH))
 @pytest.mark.parametrize("case", sorted(GRADIENT_CASES))
 def test_two_processes_match_one_process_full_batch(two_process_runs, tiny_llama, case, mini_batch):
-    """2 ranks x 4 (or 3 + 2) triplets, negatives gathered: the loss and LoRA gradients
-    of one process holding the whole batch (plain and with GradCache)."""
+    """2 ranks x 4 (or 3 + 2) triplets, negatives gathered: the loss and the gradients
+    (LoRA, learned temperature) of one process holding the whole batch (plain and with
+    GradCache)."""
     root, data_path = two_process_runs
     loss, grads = one_step(tiny_llama, data_path, Distributed(), GRADIENT_CASES[case], None)
     for rank in range(WORLD):
@@ -149,7 +152,7 @@ def test_two_processes_match_one_process_full_batch(two_process_runs, tiny_llama
         assert rank_grads.keys() == grads.keys()
         for key in grads:
             torch.testing.assert_close(rank_grads[key], grads[key], rtol=0, atol=1e-5, msg=key)
-    assert all(g.abs().max() > 1e-4 for g in grads.values()), "a LoRA gradient is ~zero"
+    assert all(g.abs().max() > 1e-4 for g in grads.values()), "a gradient is ~zero"
 
 
 @pytest.mark.slow

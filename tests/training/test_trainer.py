@@ -87,8 +87,8 @@ def test_adapter_reload_reproduces_embeddings(tiny_llama, triplets_csv, tmp_path
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"ema_decay": 0.5}, {"lora_fast_dropout": True}],
-    ids=["plain", "weight-average", "fast-dropout"],
+    [{}, {"ema_decay": 0.5}, {"lora_fast_dropout": True}, {"temperature_lr": 0.05}],
+    ids=["plain", "weight-average", "fast-dropout", "learned-temperature"],
 )
 def test_kill_and_resume_equals_uninterrupted_run(
     tiny_llama, triplets_csv, tmp_path, monkeypatch, options
@@ -117,8 +117,12 @@ def test_kill_and_resume_equals_uninterrupted_run(
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
-    log = (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in log] == [1, 2, 3, 4, 5]
+    log = read_metrics(tmp_path / "resumed" / "log.jsonl")
+    assert [record["step"] for record in log] == [1, 2, 3, 4, 5]
+    if "temperature_lr" in options:  # restored from the checkpoint, not restarted at 0.05
+        temperatures = [r["temperature"] for r in read_metrics(tmp_path / "straight" / "log.jsonl")]
+        assert [r["temperature"] for r in log] == temperatures
+        assert temperatures[-1] != pytest.approx(0.05, abs=1e-3)
 
 
 def test_weight_average_is_the_bias_corrected_ema_of_each_steps_weights(

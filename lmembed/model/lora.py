@@ -41,8 +41,9 @@ class LoraOptions:
     fast_dropout: bool = option(
         False,
         "draw LoRA dropout masks from 15-bit random lanes (p rounded to 1/32768): the same "
-        "distribution at about a quarter of the random-number cost (1.03x per step on a "
-        "2-core CPU, docs/benchmarks.md), but other draws than torch's dropout for a seed",
+        "distribution at about a quarter of the random-number cost (1.03x per step with LoRA "
+        "on q/v, 1.09x on every linear layer, 2-core CPUs, docs/benchmarks.md), but other "
+        "draws than torch's dropout for a seed",
     )
 
     def __post_init__(self) -> None:

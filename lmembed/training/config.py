@@ -65,8 +65,8 @@ class TrainConfig:
     lora: LoraOptions = nested(LoraOptions, prefix="lora", help="the LoRA adapter")
     compile: bool = option(
         False,
-        "torch.compile the backbone (inductor, dynamic shapes): 1.18x faster steps on a 2-core "
-        "CPU after about 6 minutes of compiling (docs/benchmarks.md), so it pays off from "
+        "torch.compile the backbone (inductor, dynamic shapes): 1.12–1.18x faster steps on "
+        "2-core CPUs after 6–12 minutes of compiling (docs/benchmarks.md), so it pays off from "
         "about 300 steps; needs a C++ compiler. Dropout masks then come from inductor's "
         "generator: same distribution, not the eager run's draws",
     )

@@ -180,16 +180,18 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tiny_llama, triplets_csv, tm
     config = _config(tiny_llama, triplets_csv, output, steps=4, save_every=1)
     original = trainer_module.build_loss
 
-    def exploding(*args):
-        loss = original(*args)
-        calls = {"n": 0}
+    class NaNAtThirdCall(torch.nn.Module):
+        def __init__(self, loss):
+            super().__init__()
+            self.loss, self.calls = loss, 0
 
-        def forward(q, p, n=None):
-            calls["n"] += 1
-            value = loss(q, p, n)
-            return value * float("nan") if calls["n"] == 3 else value
+        def forward(self, q, p, n=None):
+            self.calls += 1
+            value = self.loss(q, p, n)
+            return value * float("nan") if self.calls == 3 else value
 
-        return forward
+    def exploding(*args, **kwargs):
+        return NaNAtThirdCall(original(*args, **kwargs))
 
     trainer_module.build_loss = exploding
     try:
@@ -234,8 +236,8 @@ def test_matryoshka_training_saves_its_dims_and_uses_the_summed_loss(
     built = []
     original = trainer_module.build_loss
 
-    def spy(*args):
-        built.append(original(*args))
+    def spy(*args, **kwargs):
+        built.append(original(*args, **kwargs))
         return built[-1]
 
     monkeypatch.setattr(trainer_module, "build_loss", spy)

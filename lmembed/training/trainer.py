@@ -194,7 +194,7 @@ def _train(config: TrainConfig, data: TrainingData | None, job: Distributed) -> 
         config.embedding.matryoshka_dims,
         config.matryoshka_weights,
         learn_temperature=config.temperature_lr is not None,
-    )
+    ).to(job.device)  # a learned temperature lives beside the LoRA weights
     trainable = [p for p in embedder.parameters() if p.requires_grad]
     learned = list(loss_fn.parameters())  # the temperature with --temperature-lr
     optimizer = build_optimizer(config, trainable, learned)

@@ -101,12 +101,6 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def learned_temperature(loss_fn: torch.nn.Module) -> float:
-    """The current temperature of the InfoNCE loss inside ``loss_fn`` (Matryoshka wraps it)."""
-    infonce = next(m for m in loss_fn.modules() if isinstance(m, InfoNCELoss))
-    return float(infonce.temperature)
-
-
 def total_steps(config: TrainConfig, data: TrainingData) -> int:
     if config.epochs is not None:
         return math.ceil(config.epochs * data.steps_per_epoch(config.batch_size))
@@ -197,6 +191,7 @@ def _train(config: TrainConfig, data: TrainingData | None, job: Distributed) -> 
     ).to(job.device)  # a learned temperature lives beside the LoRA weights
     trainable = [p for p in embedder.parameters() if p.requires_grad]
     learned = list(loss_fn.parameters())  # the temperature with --temperature-lr
+    infonce = next((m for m in loss_fn.modules() if isinstance(m, InfoNCELoss)), None)
     optimizer = build_optimizer(config, trainable, learned)
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(config.warmup, n_steps), n_steps)
     average = ExponentialAverage(trainable, config.ema_decay) if config.ema_decay else None
@@ -253,8 +248,8 @@ def _train(config: TrainConfig, data: TrainingData | None, job: Distributed) -> 
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", triplets_s=f"{rate:.1f}")
         if log is not None:
             record = {"step": done, "loss": loss_value, "lr": lr, "triplets_per_s": rate}
-            if learned:
-                record["temperature"] = learned_temperature(loss_fn)
+            if learned:  # the InfoNCE loss's (Matryoshka may wrap it)
+                record["temperature"] = float(infonce.temperature)
             log.write(record)
         if config.save_every and done % config.save_every == 0 and done < n_steps:
             save_checkpoint_on_main(state, run.checkpoint, done, job)

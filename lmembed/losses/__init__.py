@@ -6,15 +6,18 @@ import torch
 
 from lmembed.losses.infonce import InfoNCELoss, info_nce
 from lmembed.losses.matryoshka import MatryoshkaLoss, matryoshka_loss
+from lmembed.losses.symmetric_infonce import SymmetricInfoNCELoss, symmetric_info_nce
 from lmembed.losses.triplet import TripletLoss, triplet_margin
 
 __all__ = [
     "InfoNCELoss",
     "MatryoshkaLoss",
+    "SymmetricInfoNCELoss",
     "TripletLoss",
     "build_loss",
     "info_nce",
     "matryoshka_loss",
+    "symmetric_info_nce",
     "triplet_margin",
 ]
 
@@ -31,12 +34,14 @@ def build_loss(
     with ``matryoshka_dims``, summed over those truncations."""
     if name == "infonce":
         loss: torch.nn.Module = InfoNCELoss(temperature, learn_temperature)
+    elif name == "symmetric-infonce":
+        loss = SymmetricInfoNCELoss(temperature, learn_temperature)
     elif name == "triplet":
         if learn_temperature:
             raise ValueError("the triplet loss has no temperature to learn; use infonce")
         loss = TripletLoss(margin)
     else:
-        raise ValueError(f"loss must be 'infonce' or 'triplet', got {name!r}")
+        raise ValueError(f"loss must be 'infonce', 'symmetric-infonce' or 'triplet', got {name!r}")
     if matryoshka_dims:
         return MatryoshkaLoss(loss, matryoshka_dims, matryoshka_weights or None)
     return loss

@@ -55,6 +55,8 @@ class InfoNCELoss(torch.nn.Module):
     this module (``log_scale``) for the optimizer to train.
     """
 
+    symmetric = False  # see ``SymmetricInfoNCELoss``
+
     def __init__(self, temperature: float = 0.05, learnable: bool = False) -> None:
         super().__init__()
         if temperature <= 0:

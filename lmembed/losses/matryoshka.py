@@ -47,8 +47,10 @@ def matryoshka_loss(
     negatives: torch.Tensor | None,
     dims: Sequence[int],
     weights: Sequence[float] | None = None,
+    anchor_candidates: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Weighted sum of ``loss_fn`` on the truncated, re-normalised embeddings."""
+    """Weighted sum of ``loss_fn`` on the truncated, re-normalised embeddings
+    (``anchor_candidates`` too, for a symmetric inner loss)."""
     weights = check_dims(dims, weights)
     size = anchors.shape[-1]
     too_big = [d for d in dims if d > size]
@@ -58,7 +60,10 @@ def matryoshka_loss(
     for dim, weight in zip(dims, weights, strict=True):
         if weight:
             parts = (_prefix(anchors, dim), _prefix(positives, dim), _prefix(negatives, dim))
-            total = total + weight * loss_fn(*parts)
+            extra = {}
+            if anchor_candidates is not None:
+                extra["anchor_candidates"] = _prefix(anchor_candidates, dim)
+            total = total + weight * loss_fn(*parts, **extra)
     return total
 
 
@@ -74,6 +79,7 @@ class MatryoshkaLoss(torch.nn.Module):
         super().__init__()
         self.weights = check_dims(dims, weights)
         self.inner = inner
+        self.symmetric = getattr(inner, "symmetric", False)
         self.dims = [int(d) for d in dims]
 
     def forward(
@@ -81,5 +87,8 @@ class MatryoshkaLoss(torch.nn.Module):
         anchors: torch.Tensor,
         positives: torch.Tensor,
         negatives: torch.Tensor | None = None,
+        anchor_candidates: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return matryoshka_loss(self.inner, anchors, positives, negatives, self.dims, self.weights)
+        return matryoshka_loss(
+            self.inner, anchors, positives, negatives, self.dims, self.weights, anchor_candidates
+        )

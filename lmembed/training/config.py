@@ -43,7 +43,12 @@ class TrainConfig:
     warmup: int = option(100, "linear warmup steps before cosine decay")
     weight_decay: float = option(1e-4, "AdamW weight decay")
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 disables)")
-    loss: Literal["infonce", "triplet"] = option("infonce", "loss function")
+    loss: Literal["infonce", "symmetric-infonce", "triplet"] = option(
+        "infonce",
+        "loss function: infonce (the paper's); symmetric-infonce (also each positive "
+        "against all anchors, as CLIP; no extra forward pass); triplet (margin, no in-batch "
+        "negatives)",
+    )
     temperature: float = option(0.05, "InfoNCE temperature (the start value with --temperature-lr)")
     temperature_lr: float | None = option(
         None,
@@ -92,8 +97,8 @@ class TrainConfig:
         if self.temperature_lr is not None:
             if self.temperature_lr <= 0:
                 raise ValueError(f"temperature_lr must be positive, got {self.temperature_lr}")
-            if self.loss != "infonce":
-                raise ValueError(f"--temperature-lr needs the infonce loss, not {self.loss}")
+            if self.loss == "triplet":
+                raise ValueError("--temperature-lr needs an infonce loss, not triplet")
         if self.embedding.matryoshka_dims:
             check_dims(self.embedding.matryoshka_dims, self.matryoshka_weights or None)
         elif self.matryoshka_weights:

@@ -3,7 +3,8 @@
 Every rank holds the same LoRA weights and reads the same global batch from the
 sampler, embeds its contiguous shard, and all-gathers the positives and hard
 negatives *with gradient*, so each anchor is scored against the whole global
-batch. Anchors stay local: they are never candidates in the loss.
+batch. Anchors stay local, unless the loss is symmetric (positives also choose among
+the anchors): then they are gathered too.
 
 Gradients. Let ``L`` be the full-batch loss (mean over all ``B`` anchors) and
 rank ``r`` hold ``n_r`` anchors with local mean loss ``L_r``. Each rank
@@ -186,7 +187,10 @@ def global_batch_loss(
         per_anchor = negatives.shape[0] // anchors.shape[0]
         gathered = gather_rows(negatives, [n * per_anchor for n in sizes])
         hard = local_rows_first(gathered, offset * per_anchor)
-    local = loss_fn(anchors, candidates, hard)
+    extra = {}
+    if getattr(loss_fn, "symmetric", False):  # positives also choose among all anchors
+        extra["anchor_candidates"] = local_rows_first(gather_rows(anchors, sizes), offset)
+    local = loss_fn(anchors, candidates, hard, **extra)
     return local * (job.world_size * sizes[job.rank] / sum(sizes))
 
 

@@ -3,7 +3,15 @@ import math
 import pytest
 import torch
 
-from lmembed.losses import InfoNCELoss, TripletLoss, build_loss, info_nce, triplet_margin
+from lmembed.losses import (
+    InfoNCELoss,
+    SymmetricInfoNCELoss,
+    TripletLoss,
+    build_loss,
+    info_nce,
+    symmetric_info_nce,
+    triplet_margin,
+)
 from lmembed.training.config import TrainConfig
 from lmembed.training.distributed import local_rows_first
 
@@ -89,3 +97,26 @@ def test_a_learned_temperature_needs_infonce():
         TrainConfig(temperature_lr=0.0)
     with pytest.raises(ValueError, match="no temperature"):
         build_loss("triplet", 0.05, 0.2, learn_temperature=True)
+
+
+def test_symmetric_info_nce_is_the_mean_of_both_directions_by_hand():
+    torch.manual_seed(4)
+    q, p, n = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
+    forward = _hand_info_nce(q, p, n, 0.05)  # anchors choose among positives and negatives
+    reverse = _hand_info_nce(p, q, None, 0.05)  # positives choose among the anchors only
+    got = build_loss("symmetric-infonce", 0.05, 0.2)(q, p, n)
+    assert got.item() == pytest.approx((forward + reverse) / 2, rel=1e-5)
+    assert got.item() != pytest.approx(InfoNCELoss(0.05)(q, p, n).item(), rel=1e-3)
+
+
+def test_symmetric_info_nce_scores_local_positives_against_every_given_anchor():
+    """A rank's view: 2 local anchors, the global batch's 5 positives and 5 anchors (local
+    rows first); the reverse term picks each local positive's anchor among all 5."""
+    torch.manual_seed(5)
+    q, p = torch.randn(5, 4), torch.randn(5, 4)
+    got = symmetric_info_nce(q[:2], p, None, 0.05, anchor_candidates=q)
+    reverse = _hand_info_nce(p[:2], q, None, 0.05)
+    assert got.item() == pytest.approx((_hand_info_nce(q[:2], p, None, 0.05) + reverse) / 2)
+    learned = SymmetricInfoNCELoss(0.05, learnable=True)
+    assert learned.symmetric and not InfoNCELoss(0.05).symmetric
+    assert learned(q, p).item() == pytest.approx(symmetric_info_nce(q, p).item(), rel=1e-4)

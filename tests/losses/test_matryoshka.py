@@ -1,4 +1,5 @@
-"""Matryoshka loss: hand computation, and the same gradients under GradCache and 2 processes."""
+"""Matryoshka loss: hand computation, and the same gradients under GradCache and 2 processes
+(around the paper's InfoNCE and the symmetric one, whose anchors are gathered too)."""
 
 import math
 import socket
@@ -8,7 +9,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lmembed.losses import InfoNCELoss, TripletLoss, info_nce
+from lmembed.losses import (
+    InfoNCELoss,
+    SymmetricInfoNCELoss,
+    TripletLoss,
+    info_nce,
+    symmetric_info_nce,
+)
 from lmembed.losses.matryoshka import MatryoshkaLoss, matryoshka_loss
 from lmembed.model import Embedder
 from lmembed.training.distributed import (
@@ -21,6 +28,7 @@ from lmembed.training.gradcache import grad_cache_backward
 
 DIMS, WEIGHTS = [32, 16, 4], [1.0, 0.5, 2.0]
 WORLD = 2
+INNER = {"infonce": InfoNCELoss, "symmetric": SymmetricInfoNCELoss}
 
 
 def _cos(a, b):
@@ -74,6 +82,20 @@ def test_wraps_any_loss_with_several_negatives_per_anchor():
     assert triplet.item() == pytest.approx(TripletLoss(0.2)(q, p, n[:2]).item(), rel=1e-6)
 
 
+def test_a_symmetric_inner_loss_sees_truncated_anchor_candidates():
+    torch.manual_seed(2)
+    q, p, n = torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8)
+    wrapped = MatryoshkaLoss(SymmetricInfoNCELoss(0.05), [8, 3], [1.0, 0.5])
+    assert wrapped.symmetric and not MatryoshkaLoss(InfoNCELoss(0.05), [8]).symmetric
+    # A rank's view: 2 local anchors, the global batch's 4 anchors as candidates.
+    got = wrapped(q[:2], p, n, anchor_candidates=q)
+    expected = sum(
+        w * symmetric_info_nce(q[:2, :d], p[:, :d], n[:, :d], 0.05, anchor_candidates=q[:, :d])
+        for d, w in ((8, 1.0), (3, 0.5))
+    )
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_bad_dims_and_weights_are_refused():
     q = torch.randn(2, 8)
     with pytest.raises(ValueError, match="exceed the embedding size 8"):
@@ -99,18 +121,15 @@ def _embedder(model_path) -> Embedder:
     return Embedder.from_pretrained(model=str(model_path), dtype="fp32").train()
 
 
-def _loss():
-    return MatryoshkaLoss(InfoNCELoss(0.05), DIMS, WEIGHTS)
-
-
-def _step(embedder, triplets, ctx, sizes, mini_batch_size):
+def _step(embedder, triplets, ctx, sizes, mini_batch_size, inner="infonce"):
     """This rank's objective and the rank-averaged gradients for its ``triplets``."""
     anchors, positives, negatives = (list(col) for col in zip(*triplets, strict=True))
     n = len(anchors)
+    loss_fn = MatryoshkaLoss(INNER[inner](0.05), DIMS, WEIGHTS)
 
     def objective(vectors):
         return global_batch_loss(
-            _loss(), vectors[:n], vectors[n : 2 * n], vectors[2 * n :], ctx, sizes
+            loss_fn, vectors[:n], vectors[n : 2 * n], vectors[2 * n :], ctx, sizes
         )
 
     ids = embedder.tokenize(anchors + positives + negatives)
@@ -135,10 +154,11 @@ def _assert_same(a, b):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=key)
 
 
-def test_grad_cache_gives_the_full_batch_gradients(tiny_llama):
+@pytest.mark.parametrize("inner", sorted(INNER))
+def test_grad_cache_gives_the_full_batch_gradients(tiny_llama, inner):
     embedder = _embedder(tiny_llama)
-    loss, grads = _step(embedder, BATCH, Distributed(), [len(BATCH)], None)
-    cached_loss, cached = _step(embedder, BATCH, Distributed(), [len(BATCH)], 3)
+    loss, grads = _step(embedder, BATCH, Distributed(), [len(BATCH)], None, inner)
+    cached_loss, cached = _step(embedder, BATCH, Distributed(), [len(BATCH)], 3, inner)
     # fp32 with other padding per chunk: 2.4e-6 apart on an AVX2 CPU, within 1e-6 on AVX-512
     assert cached_loss == pytest.approx(loss, abs=1e-5)
     _assert_same(cached, grads)
@@ -154,7 +174,8 @@ def _worker(rank, port, model_path, out):
     sizes = [5, 3]  # uneven on purpose
     mine = BATCH[:5] if rank == 0 else BATCH[5:]
     results = {
-        name: _step(embedder, mine, ctx, sizes, m)
+        (inner, name): _step(embedder, mine, ctx, sizes, m, inner)
+        for inner in INNER
         for name, m in (("plain", None), ("gradcache", 2))
     }
     torch.save(results, out / f"rank{rank}.pt")
@@ -170,9 +191,15 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_processes_give_the_single_process_loss_and_gradients(tiny_llama, tmp_path):
     mp.spawn(_worker, args=(_free_port(), tiny_llama, tmp_path), nprocs=WORLD)
-    loss, grads = _step(_embedder(tiny_llama), BATCH, Distributed(), [len(BATCH)], None)
+    single = {
+        inner: _step(_embedder(tiny_llama), BATCH, Distributed(), [len(BATCH)], None, inner)
+        for inner in INNER
+    }
+    assert single["symmetric"][0] != pytest.approx(single["infonce"][0], rel=1e-3)
     for rank in range(WORLD):
         results = torch.load(tmp_path / f"rank{rank}.pt")
-        for name, (rank_loss, rank_grads) in results.items():
-            assert rank_loss == pytest.approx(loss, abs=1e-5), name
+        assert len(results) == 2 * len(INNER)
+        for (inner, name), (rank_loss, rank_grads) in results.items():
+            loss, grads = single[inner]
+            assert rank_loss == pytest.approx(loss, abs=1e-5), (inner, name)
             _assert_same(rank_grads, grads)

@@ -43,6 +43,7 @@ N_TRIPLETS = 29  # batches of 8: 8, 8, 8, then 5, split 3 + 2 over the ranks
 # Global batches for the gradient check: 8 triplets (4 per rank) and an uneven 5 (3 + 2).
 GRADIENT_CASES = {"even8": list(range(8)), "uneven5": [9, 3, 17, 21, 11]}
 MINI_BATCH = {"plain": None, "gradcache2": 2}
+LOSSES = ("infonce", "symmetric-infonce")  # the symmetric one gathers the anchors too
 
 
 def _write_triplets(path) -> None:
@@ -63,7 +64,7 @@ def _run_config(model, data, output) -> TrainConfig:
     )  # fmt: skip
 
 
-def one_step(model, data_path, ctx: Distributed, indices, mini_batch_size):
+def one_step(model, data_path, ctx: Distributed, indices, mini_batch_size, loss_name):
     """Loss and averaged gradients (LoRA and a learned temperature's) of one step on the
     global batch ``indices``.
 
@@ -86,7 +87,7 @@ def one_step(model, data_path, ctx: Distributed, indices, mini_batch_size):
     full = Batch([a for a, _, _ in rows], [p for _, p, _ in rows], [[n] for *_, n in rows], "t")
     local, sizes = ctx.shard(full)
     batch = batch_texts(local, hard_negatives=True)
-    loss_fn = build_loss("infonce", 0.05, 0.2, learn_temperature=True)
+    loss_fn = build_loss(loss_name, 0.05, 0.2, learn_temperature=True)
     loss = forward_backward(embedder, loss_fn, batch, ctx, sizes, mini_batch_size)
     value = mean_across(loss, ctx)
     average_gradients([*trainable, loss_fn.log_scale], ctx)
@@ -112,8 +113,9 @@ def _worker(rank, port, model, data_path, root):
     ctx = Distributed(rank, WORLD)
     for case, indices in GRADIENT_CASES.items():
         for name, mini_batch_size in MINI_BATCH.items():
-            result = one_step(model, data_path, ctx, indices, mini_batch_size)
-            torch.save(result, root / f"{case}-{name}-rank{rank}.pt")
+            for loss_name in LOSSES:
+                result = one_step(model, data_path, ctx, indices, mini_batch_size, loss_name)
+                torch.save(result, root / f"{case}-{name}-{loss_name}-rank{rank}.pt")
     config = _run_config(model, data_path, root / "straight")
     train(config)
     TrainingData.batch = _kill_at_step(2, TrainingData.batch)
@@ -138,16 +140,21 @@ def two_process_runs(tiny_llama, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("loss_name", LOSSES)
 @pytest.mark.parametrize("mini_batch", sorted(MINI_BATCH))
 @pytest.mark.parametrize("case", sorted(GRADIENT_CASES))
-def test_two_processes_match_one_process_full_batch(two_process_runs, tiny_llama, case, mini_batch):
+def test_two_processes_match_one_process_full_batch(
+    two_process_runs, tiny_llama, case, mini_batch, loss_name
+):
     """2 ranks x 4 (or 3 + 2) triplets, negatives gathered: the loss and the gradients
     (LoRA, learned temperature) of one process holding the whole batch (plain and with
-    GradCache)."""
+    GradCache; InfoNCE and the symmetric one)."""
     root, data_path = two_process_runs
-    loss, grads = one_step(tiny_llama, data_path, Distributed(), GRADIENT_CASES[case], None)
+    indices = GRADIENT_CASES[case]
+    loss, grads = one_step(tiny_llama, data_path, Distributed(), indices, None, loss_name)
     for rank in range(WORLD):
-        rank_loss, rank_grads = torch.load(root / f"{case}-{mini_batch}-rank{rank}.pt")
+        saved = root / f"{case}-{mini_batch}-{loss_name}-rank{rank}.pt"
+        rank_loss, rank_grads = torch.load(saved)
         assert rank_loss == pytest.approx(loss, abs=1e-5)
         assert rank_grads.keys() == grads.keys()
         for key in grads:

@@ -87,8 +87,14 @@ def test_adapter_reload_reproduces_embeddings(tiny_llama, triplets_csv, tmp_path
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"ema_decay": 0.5}, {"lora_fast_dropout": True}, {"temperature_lr": 0.05}],
-    ids=["plain", "weight-average", "fast-dropout", "learned-temperature"],
+    [
+        {},
+        {"ema_decay": 0.5},
+        {"lora_fast_dropout": True},
+        {"temperature_lr": 0.05},
+        {"loss": "symmetric-infonce"},
+    ],
+    ids=["plain", "weight-average", "fast-dropout", "learned-temperature", "symmetric-loss"],
 )
 def test_kill_and_resume_equals_uninterrupted_run(
     tiny_llama, triplets_csv, tmp_path, monkeypatch, options

@@ -38,6 +38,12 @@ class LoraOptions:
     targets: list[str] = option(
         ["q_proj", "v_proj"], f"linear modules to adapt, or {ALL_LINEAR} for every one"
     )
+    top_layers: int | None = option(
+        None,
+        "adapt only the last N transformer layers; the backward pass then stops below "
+        "them, so steps are faster (the embedding is the last layer's); every layer when "
+        "unset",
+    )
     fast_dropout: bool = option(
         False,
         "draw LoRA dropout masks from 15-bit random lanes (p rounded to 1/32768): the same "
@@ -51,6 +57,8 @@ class LoraOptions:
             self.targets = [t.strip() for t in self.targets.split(",") if t.strip()]
         if self.r < 1:
             raise ValueError(f"lora r must be at least 1, got {self.r}")
+        if self.top_layers is not None and self.top_layers < 1:
+            raise ValueError(f"lora top_layers must be at least 1, got {self.top_layers}")
 
 
 def attach_lora(model: PreTrainedModel, options: LoraOptions | None = None) -> PeftModel:
@@ -58,7 +66,10 @@ def attach_lora(model: PreTrainedModel, options: LoraOptions | None = None) -> P
     options = options or LoraOptions()
     targets: list[str] | str = options.targets
     if options.targets == [ALL_LINEAR]:
+        # peft limits layers only for a list of names; lm_head is no layer's
         targets = ALL_LINEAR
+        if options.top_layers is not None:
+            targets = [name for name in linear_module_names(model) if name != "lm_head"]
     else:
         available = linear_module_names(model)
         missing = [t for t in options.targets if t not in available]
@@ -73,11 +84,31 @@ def attach_lora(model: PreTrainedModel, options: LoraOptions | None = None) -> P
         lora_dropout=options.dropout,
         target_modules=targets,
         bias="none",
+        **_top_layers(model, options.top_layers),
     )
     model = get_peft_model(model, config)
     if options.fast_dropout:
         use_fast_dropout(model)
     return model
+
+
+def _top_layers(model: PreTrainedModel, count: int | None) -> dict:
+    """peft's options that adapt only the last ``count`` transformer layers (none: all)."""
+    if count is None:
+        return {}
+    total = model.config.get_text_config().num_hidden_layers
+    if count > total:
+        raise ValueError(
+            f"lora top_layers is {count}, but {type(model).__name__} has {total} layers"
+        )
+    stacks = [
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.ModuleList) and len(module) == total
+    ]
+    if not stacks:
+        raise ValueError(f"no list of {total} layers found in {type(model).__name__}")
+    return {"layers_to_transform": list(range(total - count, total)), "layers_pattern": stacks[0]}
 
 
 class FastDropout(torch.nn.Module):

@@ -11,7 +11,13 @@ Candidates (issue 17):
   elementwise kernels around the matmuls (norms, GELU, residuals, LoRA scaling) can fuse;
 * ``no LoRA dropout`` (measurement only: it changes the recipe): what dropout's masks cost;
 * ``fast LoRA dropout``: ``--lora-fast-dropout``, masks from 15-bit random lanes
-  (``FastDropout``), four elements per 64-bit draw instead of one Bernoulli draw each.
+  (``FastDropout``), four elements per 64-bit draw instead of one Bernoulli draw each;
+* ``LoRA on the top 9 layers`` (measurement only: it changes the recipe):
+  ``--lora-top-layers 9``, so the backward pass stops halfway down (issue 14 asks whether
+  the extra steps that buys beat the full adapter).
+
+A candidate is a change to the built embedder, or a dict of options for a trainer built
+from another config.
 
     flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_step_options.py
 
@@ -62,20 +68,23 @@ def fast_dropout(embedder) -> None:
     use_fast_dropout(embedder.model)
 
 
-CANDIDATES: dict[str, Callable | None] = {
+CANDIDATES: dict[str, Callable | dict | None] = {
     BASELINE: None,
     "eager attention": eager,
     "torch.compile": compile_backbone,
     "no LoRA dropout (measure only)": no_dropout,
     "fast LoRA dropout": fast_dropout,
+    "LoRA on the top 9 layers (measure only)": {"lora_top_layers": 9},
 }
 
 
-def trainer(change: Callable | None, config, loss_fn) -> Callable[[tuple], float]:
+def trainer(change: Callable | dict | None, config, loss_fn) -> Callable[[tuple], float]:
     """A fresh demo-recipe embedder with ``change`` applied; returns its timed step."""
     from lmembed.training.distributed import Distributed
     from lmembed.training.trainer import build_embedder, forward_backward
 
+    if isinstance(change, dict):  # other options: the trainer is built from them
+        config, change = config.replace(**change), None
     embedder = build_embedder(config)
     if change is not None:
         change(embedder)

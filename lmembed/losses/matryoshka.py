@@ -79,8 +79,12 @@ class MatryoshkaLoss(torch.nn.Module):
         super().__init__()
         self.weights = check_dims(dims, weights)
         self.inner = inner
-        self.symmetric = getattr(inner, "symmetric", False)
         self.dims = [int(d) for d in dims]
+
+    @property
+    def symmetric(self) -> bool:
+        """Whether the inner loss needs the global batch's anchors (``anchor_candidates``)."""
+        return getattr(self.inner, "symmetric", False)
 
     def forward(
         self,

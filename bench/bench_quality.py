@@ -14,8 +14,9 @@ sentence-transformers' own ``encode``.
 
     flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_quality.py
 
-writes ``bench/results/quality.json`` and the "Quality at equal budget" section of
-``docs/benchmarks.md``.
+writes ``bench/results/quality-<dtype>.json`` and the "Quality at equal budget (<dtype>)"
+section of ``docs/benchmarks.md``: one per dtype, so an fp32 comparison and a bf16 one
+(the paper's dtype, on a CPU or GPU that computes it natively) stand side by side.
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ SYSTEMS = ("lmembed", "reference", "reference+eos", "sentence-transformers")
 TASKS = ("stsb", "biosses", "sts17")
 HEADING = "Quality at equal budget"
 CHECK_TEXTS = 32
-RESULT = RESULTS / "quality.json"
+
+
+def result_path(dtype: str) -> Path:
+    return RESULTS / f"quality-{dtype}.json"
 
 
 def train_worker(system: str, recipe: dict, output: str, workdir: str) -> dict:
@@ -131,7 +135,7 @@ def main() -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="keep seeds already in quality.json with the same recipe and systems",
+        help="keep seeds already in quality-<dtype>.json with the same recipe and systems",
     )
     parser.add_argument(
         "--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS),
@@ -152,7 +156,7 @@ def main() -> None:
     seeds = {}
     for seed in args.seeds:
         if str(seed) in previous:
-            print(f"seed {seed}: kept from {RESULT}", flush=True)
+            print(f"seed {seed}: kept from {result_path(plan.dtype)}", flush=True)
             seeds[str(seed)] = previous[str(seed)]
         else:
             seeds[str(seed)] = train_and_score(replace(plan, seed=seed), args.tasks, systems)
@@ -196,9 +200,10 @@ def train_and_score(plan: Recipe, tasks: str, systems: tuple[str, ...]) -> dict:
 def _previous(plan: Recipe, tasks: str, systems: tuple[str, ...]) -> dict:
     """Per-seed results of an earlier run with the same recipe (seed aside), tasks and
     systems."""
-    if not RESULT.is_file():
+    path = result_path(plan.dtype)
+    if not path.is_file():
         return {}
-    old = json.loads(RESULT.read_text(encoding="utf-8"))
+    old = json.loads(path.read_text(encoding="utf-8"))
     # Results from before ``Recipe.dtype`` existed were trained in bf16.
     same = {"dtype": "bf16", **old.get("recipe", {}), "seed": plan.seed} == plan.to_dict()
     same = same and old.get("tasks") == tasks and tuple(old.get("systems", SYSTEMS)) == systems
@@ -207,7 +212,7 @@ def _previous(plan: Recipe, tasks: str, systems: tuple[str, ...]) -> dict:
 
 def report(plan: Recipe, tasks: str, seeds: dict, systems: tuple[str, ...]) -> None:
     env = environment()
-    save_result("quality", {
+    save_result(result_path(plan.dtype).stem, {
         "what": f"STS Spearman x100 after {plan.steps} steps x {plan.batch_size}, "
                 f"gemma-3-270m, one run per system and seed ({', '.join(seeds)})",
         "environment": env,
@@ -265,7 +270,7 @@ def report(plan: Recipe, tasks: str, seeds: dict, systems: tuple[str, ...]) -> N
         "\n".join(verdicts),
         checks_paragraph(plan, checks, systems),
     ])  # fmt: skip
-    replace_section(HEADING, body)
+    replace_section(f"{HEADING} ({plan.dtype})", body)
 
 
 def verdict(runs: list[dict], other: str) -> str:

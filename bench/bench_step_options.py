@@ -12,9 +12,14 @@ Candidates (issue 17):
 * ``no LoRA dropout`` (measurement only: it changes the recipe): what dropout's masks cost;
 * ``fast LoRA dropout``: ``--lora-fast-dropout``, masks from 15-bit random lanes
   (``FastDropout``), four elements per 64-bit draw instead of one Bernoulli draw each;
+* ``packed texts``: each pass's texts side by side in rows as long as the longest one,
+  with a block-diagonal mask (``bench/packing.py``), instead of padded rows;
 * ``LoRA on the top 9 layers`` (measurement only: it changes the recipe):
   ``--lora-top-layers 9``, so the backward pass stops halfway down (issue 14 asks whether
-  the extra steps that buys beat the full adapter).
+  the extra steps that buys beat the full adapter);
+* ``LoRA in the base dtype``: ``--lora-compute-in-base-dtype``, the adapter computed in
+  bf16 on a bf16 base, so no adapted layer casts its activations to fp32 and back (only on
+  CPUs where ``--dtype auto`` picks bf16; elsewhere it is the current step).
 
 A candidate is a change to the built embedder, or a dict of options for a trainer built
 from another config.
@@ -46,6 +51,7 @@ from common import (
     spread,
     table,
 )
+from packing import use_packing
 
 from lmembed.model.lora import use_fast_dropout
 from lmembed.training.trainer import compile_backbone
@@ -74,7 +80,9 @@ CANDIDATES: dict[str, Callable | dict | None] = {
     "torch.compile": compile_backbone,
     "no LoRA dropout (measure only)": no_dropout,
     "fast LoRA dropout": fast_dropout,
+    "packed texts": use_packing,
     "LoRA on the top 9 layers (measure only)": {"lora_top_layers": 9},
+    "LoRA in the base dtype": {"lora_compute_in_base_dtype": True},
 }
 
 

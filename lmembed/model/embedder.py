@@ -126,8 +126,13 @@ class Embedder(torch.nn.Module):
         mask = batch["attention_mask"]
         if self.spec.attention == "bidirectional":
             batch["attention_mask"] = bidirectional_mask(mask, self.model.dtype)
-        hidden = self.model(**batch).last_hidden_state
+        hidden = self.model(**batch, use_cache=False).last_hidden_state
         return pool(hidden, mask, self.spec.pooling)
+
+    def embed_chunk(self, ids: list[list[int]]) -> torch.Tensor:
+        """Embeddings of one pass's tokenized texts: the one place encoding, training and
+        GradCache run the model (bench/packing.py swaps it for packed rows)."""
+        return self(self.collate(ids))
 
     def chunks(self, ids: list[list[int]], size: int) -> list[list[int]]:
         """Positions of ``ids``, longest first, cut into chunks of at most ``size`` texts.
@@ -158,7 +163,7 @@ class Embedder(torch.nn.Module):
         """
         chunks = self.chunks(ids, chunk_size or len(ids) or 1)
         bar = tqdm(chunks, desc="encode", unit="batch", disable=not progress, leave=False)
-        parts = [self(self.collate([ids[i] for i in chunk])) for chunk in bar]
+        parts = [self.embed_chunk([ids[i] for i in chunk]) for chunk in bar]
         order = torch.tensor([i for chunk in chunks for i in chunk], dtype=torch.long)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order))

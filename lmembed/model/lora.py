@@ -51,6 +51,13 @@ class LoraOptions:
         "on q/v, 1.09x on every linear layer, 2-core CPUs, docs/benchmarks.md), but other "
         "draws than torch's dropout for a seed",
     )
+    compute_in_base_dtype: bool = option(
+        False,
+        "on a bf16 base, run the adapter in bf16 too (its weights and optimizer stay fp32) "
+        "instead of casting every adapted layer's activations to fp32 and the sum back: 1.14x "
+        "per step (median; 0.94-1.46) on a native-bf16 2-core CPU, docs/benchmarks.md; the "
+        "adapter's output is then rounded to bf16. No effect on an fp32 base",
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.targets, str):
@@ -87,9 +94,16 @@ def attach_lora(model: PreTrainedModel, options: LoraOptions | None = None) -> P
         **_top_layers(model, options.top_layers),
     )
     model = get_peft_model(model, config)
+    speed_up(model, options)
+    return model
+
+
+def speed_up(model: PeftModel, options: LoraOptions) -> None:
+    """Apply the options that change how the adapter computes, not what it is."""
     if options.fast_dropout:
         use_fast_dropout(model)
-    return model
+    if options.compute_in_base_dtype:
+        compute_in_base_dtype(model)
 
 
 def _top_layers(model: PreTrainedModel, count: int | None) -> dict:
@@ -159,6 +173,35 @@ def use_fast_dropout(model: PeftModel) -> None:
     for slot, name in lora_dropouts(model):
         if isinstance(slot[name], torch.nn.Dropout):
             slot[name] = FastDropout(slot[name].p)
+
+
+class BaseDtypeLinear(torch.nn.Linear):
+    """A LoRA factor that computes in its input's dtype: the fp32 weight (the optimizer's
+    copy) is cast, r x d elements, instead of the tokens x d activations."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return torch.nn.functional.linear(x, self.weight.to(x.dtype), bias)
+
+
+def compute_in_base_dtype(model: PeftModel) -> None:
+    """Make every LoRA layer compute in its input's dtype: peft casts the input to the
+    adapter weights' dtype (bf16 -> fp32 on a bf16 base, then the sum back) at every
+    adapted layer; here the factors become ``BaseDtypeLinear`` holding the same weights,
+    so parameter names, checkpoints and saved adapters do not change."""
+    for module in model.modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        module.cast_input_dtype_enabled = False
+        for factors in (module.lora_A, module.lora_B):
+            for name, linear in factors.items():
+                if type(linear) is torch.nn.Linear:
+                    fast = BaseDtypeLinear(
+                        linear.in_features, linear.out_features, linear.bias is not None, "meta"
+                    )
+                    fast.weight = linear.weight
+                    fast.bias = linear.bias
+                    factors[name] = fast
 
 
 def save_adapter(model: PeftModel, spec: EmbeddingSpec, folder: str | Path) -> None:

@@ -61,7 +61,7 @@ def grad_cache_backward(
     device = embedder.device
 
     def forward(chunk: list[int]) -> torch.Tensor:
-        return embedder(embedder.collate([ids[i] for i in chunk]))
+        return embedder.embed_chunk([ids[i] for i in chunk])
 
     states = []
     with torch.no_grad():

@@ -19,7 +19,7 @@ from lmembed.data.training import Batch, TrainingData, load_training_data
 from lmembed.losses import InfoNCELoss, build_loss
 from lmembed.model.embedder import Embedder
 from lmembed.model.loading import load_backbone
-from lmembed.model.lora import attach_lora, load_adapter, use_fast_dropout
+from lmembed.model.lora import attach_lora, load_adapter, speed_up
 from lmembed.training.averaging import ExponentialAverage
 from lmembed.training.checkpoint import TrainingState
 from lmembed.training.config import TrainConfig
@@ -64,8 +64,7 @@ def build_embedder(config: TrainConfig) -> Embedder:
     backbone, tokenizer = load_backbone(spec.model, spec.dtype, spec.trust_remote_code)
     if spec.adapter is not None:
         backbone = load_adapter(backbone, spec.adapter, trainable=True)
-        if config.lora.fast_dropout:
-            use_fast_dropout(backbone)
+        speed_up(backbone, config.lora)
     else:
         backbone = attach_lora(backbone, config.lora)
     return Embedder(backbone, tokenizer, spec)

@@ -126,3 +126,66 @@ def _lora_layers(model) -> list[str]:
 
 def _hidden(output):
     return output[0] if isinstance(output, tuple) else output
+
+
+def _lora_pair(path: str, dtype: torch.dtype) -> tuple:
+    """The same random LoRA (A and B nonzero, dropout 0) on two copies of a base: as peft
+    computes it, and with ``compute_in_base_dtype``."""
+    models = []
+    for fast in (False, True):
+        torch.manual_seed(0)
+        base = AutoModel.from_pretrained(path, dtype=dtype)
+        options = LoraOptions(targets=["all-linear"], dropout=0.0, compute_in_base_dtype=fast)
+        models.append(attach_lora(base, options))
+    generator = torch.Generator().manual_seed(1)
+    for (_, a), (_, b) in zip(*(m.named_parameters() for m in models), strict=True):
+        if a.requires_grad:
+            a.data = torch.randn(a.shape, generator=generator) * 0.05
+            b.data = a.data.clone()
+    return models
+
+
+def _factor_inputs(model) -> list[torch.dtype]:
+    """Run the model once; the dtype each LoRA A factor saw."""
+    seen = []
+    hooks = [
+        layer.lora_A["default"].register_forward_hook(
+            lambda m, args, out: seen.append(args[0].dtype)
+        )
+        for layer in model.modules()
+        if isinstance(layer, LoraLayer)
+    ]
+    model(input_ids=torch.tensor([[1, 5, 9, 3, 2]]))
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+def test_base_dtype_lora_computes_in_bf16_with_fp32_weights_and_the_same_names(tiny_llama):
+    """On a bf16 base peft casts each adapted layer's input to fp32; ``compute_in_base_dtype``
+    keeps it bf16, with the same fp32 parameters (names, values, gradients) and the same
+    output up to bf16 rounding."""
+    peft_way, fast = _lora_pair(str(tiny_llama), torch.bfloat16)
+    assert set(_factor_inputs(peft_way)) == {torch.float32}
+    assert set(_factor_inputs(fast)) == {torch.bfloat16}
+    trainable = {n: p for n, p in fast.named_parameters() if p.requires_grad}
+    assert trainable.keys() == {n for n, p in peft_way.named_parameters() if p.requires_grad}
+    assert all(p.dtype == torch.float32 for p in trainable.values())
+    ids = torch.tensor([[1, 5, 9, 3, 2, 7, 7, 4]])
+    outputs = [m(input_ids=ids).last_hidden_state.float() for m in (peft_way, fast)]
+    cosine = torch.nn.functional.cosine_similarity(*outputs, dim=-1)
+    assert cosine.min() > 0.999
+    outputs[1].sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in trainable.values())
+    assert any(p.grad.abs().sum() > 0 for n, p in trainable.items() if "lora_A" in n)
+
+
+def test_base_dtype_lora_changes_nothing_on_an_fp32_base(tiny_llama):
+    peft_way, fast = _lora_pair(str(tiny_llama), torch.float32)
+    ids = torch.tensor([[1, 5, 9, 3, 2]])
+    torch.testing.assert_close(
+        fast(input_ids=ids).last_hidden_state,
+        peft_way(input_ids=ids).last_hidden_state,
+        rtol=0,
+        atol=0,
+    )

@@ -126,7 +126,7 @@ class Embedder(torch.nn.Module):
         mask = batch["attention_mask"]
         if self.spec.attention == "bidirectional":
             batch["attention_mask"] = bidirectional_mask(mask, self.model.dtype)
-        hidden = self.model(**batch, use_cache=False).last_hidden_state
+        hidden = self.model(**batch).last_hidden_state
         return pool(hidden, mask, self.spec.pooling)
 
     def embed_chunk(self, ids: list[list[int]]) -> torch.Tensor:

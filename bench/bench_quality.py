@@ -283,8 +283,8 @@ def verdict(runs: list[dict], other: str) -> str:
     if len(runs) < 2:
         call = " (not resolved: one seed gives no spread to compare with)"
     elif abs(gap) > spread:
-        call = f", seed spread {spread:.2f} (**{'ahead' if gap > 0 else 'behind'}**: the gap "
-        "exceeds the seed spread)"
+        side = "ahead" if gap > 0 else "behind"
+        call = f", seed spread {spread:.2f} (**{side}**: the gap exceeds the seed spread)"
     else:
         call = f", seed spread {spread:.2f} (**not resolved**: the gap is within the seed spread)"
     return (

@@ -22,6 +22,7 @@ def runs(ours: list[float], theirs: list[float]) -> list[dict]:
 def test_a_gap_larger_than_the_seed_spread_is_called() -> None:
     line = verdict(runs([80.0, 80.5, 80.2], [78.0, 78.4, 78.1]), "other")
     assert "+2.07" in line and "spread 0.50" in line and "**ahead**" in line
+    assert "the gap exceeds the seed spread); lmembed ahead with" in line
     assert "3 of 3 seeds" in line
     assert "**behind**" in verdict(runs([78.0, 78.4, 78.1], [80.0, 80.5, 80.2]), "other")
 

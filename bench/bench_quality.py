@@ -204,9 +204,8 @@ def _previous(plan: Recipe, tasks: str, systems: tuple[str, ...]) -> dict:
     if not path.is_file():
         return {}
     old = json.loads(path.read_text(encoding="utf-8"))
-    # Results from before ``Recipe.dtype`` existed were trained in bf16.
-    same = {"dtype": "bf16", **old.get("recipe", {}), "seed": plan.seed} == plan.to_dict()
-    same = same and old.get("tasks") == tasks and tuple(old.get("systems", SYSTEMS)) == systems
+    same = {**old["recipe"], "seed": plan.seed} == plan.to_dict()
+    same = same and old["tasks"] == tasks and tuple(old["systems"]) == systems
     return old.get("seeds", {}) if same else {}
 
 

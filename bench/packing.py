@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lmembed.model.embedder import Embedder, length_sorted_chunks
+from lmembed.model.embedder import Embedder, additive_mask, length_sorted_chunks
 from lmembed.model.pooling import pool
 
 
@@ -38,9 +38,9 @@ class PackedBatch:
     def bidirectional_mask(self, dtype: torch.dtype) -> torch.Tensor:
         """The additive 4D mask (rows, 1, query, key) in which a position sees every token of
         its own text and nothing else; pads see pads, so no row is all masked."""
-        allowed = self.segments[:, :, None] == self.segments[:, None, :]
-        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-        return mask[:, None]
+        return additive_mask(
+            (self.segments[:, :, None] == self.segments[:, None, :])[:, None], dtype
+        )
 
     def unpack(self, hidden: torch.Tensor) -> torch.Tensor:
         """Per-text hidden states (texts, longest, dim), right-padded as ``token_mask`` says."""

@@ -259,7 +259,14 @@ def bidirectional_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torc
     is, for every architecture, so this one switch works for all of them (Gemma-3's sliding
     layers then see the whole text too, the same thing below its 512-token window)."""
     length = attention_mask.shape[1]
-    keys = attention_mask[:, None, None, :].bool().expand(-1, 1, length, length)
-    return torch.zeros(keys.shape, dtype=dtype, device=keys.device).masked_fill(
-        ~keys, torch.finfo(dtype).min
+    return additive_mask(
+        attention_mask[:, None, None, :].bool().expand(-1, 1, length, length), dtype
+    )
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive form of a boolean attention mask: 0 where allowed, the lowest ``dtype``
+    value elsewhere (what transformers adds to the attention scores)."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min
     )

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from common import (
     RESULTS,
     ROOT,
@@ -52,9 +53,12 @@ from common import (
     table,
 )
 
+from lmembed.system import native_bf16
+
 HEADING = "CPU inference backends"
 BATCH = 32
 USABLE_COSINE = 0.9  # an engine whose vectors fall below this is no option (lmembed refuses it)
+OV_TYPES = {"fp32": "f32", "bf16": "bf16"}
 
 
 def lmembed_engines(model: str, work: Path) -> tuple[dict, dict, dict]:
@@ -65,6 +69,8 @@ def lmembed_engines(model: str, work: Path) -> tuple[dict, dict, dict]:
     from lmembed.export import ExportError, export
 
     engines = {"lmembed torch fp32": Embedder.from_pretrained(model, dtype="fp32")}
+    if native_bf16():
+        engines["lmembed torch bf16"] = Embedder.from_pretrained(model, dtype="bf16")
     seconds, errors = {}, {}
     for quantize in (None, "int8", "int8-block"):
         label = quantize or "fp32"
@@ -77,6 +83,9 @@ def lmembed_engines(model: str, work: Path) -> tuple[dict, dict, dict]:
         seconds[label] = round(time.perf_counter() - start, 1)
         for backend in ("onnx", "openvino"):
             engines[f"lmembed {backend} {label}"] = load_encoder({"model": str(folder)}, backend)
+        if quantize is None and native_bf16():
+            options = {"model": str(folder), "dtype": "bf16"}
+            engines["lmembed openvino bf16"] = load_encoder(options, "openvino")
     return engines, seconds, errors
 
 
@@ -96,21 +105,37 @@ def st_engines(model: str, work: Path, max_length: int, texts: list[str]) -> tup
         folder = PACKAGED_MODELS[model].locate()
     else:  # lmembed's own sentence-transformers export: EOS in the tokenizer, last token
         folder = export(work / "st", kind="sentence-transformers", model=model, dtype="fp32")
-    st = SentenceTransformer(str(folder), device="cpu", backend="torch")
-    st.max_seq_length = max_length
-    engines, errors = {"sentence-transformers torch fp32": _StEncoder(st)}, {}
+    engines, errors = {}, {}
+    for dtype in ("fp32", "bf16") if native_bf16() else ("fp32",):
+        kwargs = {"dtype": torch.bfloat16} if dtype == "bf16" else {}
+        st = SentenceTransformer(str(folder), device="cpu", backend="torch", model_kwargs=kwargs)
+        st.max_seq_length = max_length
+        engines[f"sentence-transformers torch {dtype}"] = _StEncoder(st)
     texts_file = work / "texts.json"
     texts_file.write_text(json.dumps(texts), encoding="utf-8")
-    for backend, int8 in (("onnx", False), ("onnx", True), ("openvino", False)):
-        name = f"sentence-transformers {backend} {'int8' if int8 else 'fp32'}"
+    for backend, label, ov_config in st_backends():
+        name = f"sentence-transformers {backend} {label}"
         params = {"folder": str(folder), "saved": str(work / name.replace(" ", "-")),
-                  "backend": backend, "int8": int8, "texts": str(texts_file),
-                  "batch_size": BATCH, "max_length": max_length}  # fmt: skip
+                  "backend": backend, "int8": label == "int8", "texts": str(texts_file),
+                  "batch_size": BATCH, "max_length": max_length,
+                  "ov_config": ov_config}  # fmt: skip
         try:
-            engines[name] = _ExternalSt(ST_ENVS[backend], params, work / f"{name}.json")
+            precision = OV_TYPES[label] if backend == "openvino" else None
+            engines[name] = _ExternalSt(ST_ENVS[backend], params, work / f"{name}.json", precision)
         except RuntimeError as error:
             errors[name] = str(error)
     return engines, errors
+
+
+def st_backends() -> list[tuple[str, str, dict]]:
+    """(backend, label, OpenVINO config) of the external sentence-transformers engines.
+    OpenVINO computes in bf16 by default where the CPU has bf16 units, so there it runs
+    twice: pinned to f32, and as it comes (the worker reports the precision it chose)."""
+    engines = [("onnx", "fp32", {}), ("onnx", "int8", {}),
+               ("openvino", "fp32", {"INFERENCE_PRECISION_HINT": "f32"})]  # fmt: skip
+    if native_bf16():
+        engines.append(("openvino", "bf16", {}))
+    return engines
 
 
 class _StEncoder:
@@ -127,8 +152,9 @@ class _ExternalSt:
     """A sentence-transformers backend in another environment (``st_backend_worker.py``):
     exported once here; ``timed`` is the worker's own measurement of one encode."""
 
-    def __init__(self, env: Path, params: dict, out: Path) -> None:
+    def __init__(self, env: Path, params: dict, out: Path, precision: str | None) -> None:
         self.python = env / "bin" / "python"
+        self.precision = precision  # OpenVINO's name of the precision the label promises
         if not self.python.is_file():
             raise RuntimeError(f"{env} not found: run bench/st_backends_env.sh")
         self.params = {**params, "out": str(out)}
@@ -146,7 +172,11 @@ class _ExternalSt:
         return json.loads(Path(self.params["out"]).read_text(encoding="utf-8"))
 
     def timed(self, texts: list[str]) -> float:
-        return self._run("encode")["seconds"]
+        """The worker's seconds; an OpenVINO engine must compute in its label's precision."""
+        done = self._run("encode")
+        if done.get("precision", self.precision) != self.precision:
+            raise RuntimeError(f"{self.params['out']}: OpenVINO computed in {done['precision']}")
+        return done["seconds"]
 
     def encode(self, texts, batch_size=BATCH, show_progress=False, role=None) -> np.ndarray:
         """The vectors of the last timed run (one more run only if none has happened)."""
@@ -206,6 +236,7 @@ def bench_model(model: str, count: int, repeats: int, quality: bool) -> dict:
             for name, e in engines.items()
         }
         graphs = [f"lmembed onnx {label}" for label in ("fp32", "int8", "int8-block")]
+        graphs.append("lmembed openvino bf16")
         graphs = [name for name in graphs if name in engines]
         scores = quick_sts(engines, graphs) if quality else {}
     return {
@@ -237,8 +268,11 @@ def section(results: list[dict], env: dict) -> str:
         "",
         "Texts: the first N distinct STSb test sentences; batch 32; max length = the model's "
         "lmembed default (MiniLM 256, gemma 128); all fp32 unless marked int8 (ONNX Runtime "
-        "dynamic quantisation: int8 weights per channel, activations quantised per batch) or "
-        "int8-block (MatMulNBits: weights and activations with a scale per block of 32). "
+        "dynamic quantisation: int8 weights per channel, activations quantised per batch), "
+        "int8-block (MatMulNBits: weights and activations with a scale per block of 32) or "
+        "bf16 (only on CPUs with bf16 units: torch with bf16 weights; OpenVINO computing the "
+        "fp32 graph in bf16, `--backend openvino --dtype bf16` for lmembed and OpenVINO's own "
+        "default on such CPUs for sentence-transformers, its reported precision checked). "
         "sentence-transformers' onnx and openvino backends run in their own environments "
         "(their versions below), timed by the worker around one encode after a warm-up "
         "batch; every repeat runs the engines in rotated order after a warm-up call. "

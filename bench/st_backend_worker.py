@@ -1,7 +1,7 @@
 """One sentence-transformers backend in its own environment, for ``bench_backends.py``.
 
 sentence-transformers' ``backend="onnx"`` needs optimum-onnx (transformers < 4.58) and
-``backend="openvino"`` needs optimum-intel (transformers < 5.6); neither installs next to
+``backend="openvino"`` needs optimum-intel (transformers < 5); neither installs next to
 lmembed's transformers 5, so ``bench/st_backends_env.sh`` builds one environment for each
 and ``bench_backends.py`` runs this script with that environment's Python. It imports only
 the standard library, numpy and sentence-transformers.
@@ -11,8 +11,9 @@ the standard library, numpy and sentence-transformers.
 
 PARAMS: ``folder`` (a sentence-transformers model), ``saved`` (where the export goes),
 ``backend``, ``int8`` (sentence-transformers' own dynamic int8 ONNX helper), ``texts``
-(a JSON list file), ``batch_size``, ``max_length``, ``out`` (result JSON; vectors beside it
-as ``.npy``).
+(a JSON list file), ``batch_size``, ``max_length``, ``ov_config`` (OpenVINO compile
+options, ``{}`` for its defaults), ``out`` (result JSON; vectors beside it as ``.npy``). For
+OpenVINO the result names the precision the compiled model computes in.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def load(params: dict, folder: str):
     from sentence_transformers import SentenceTransformer
 
     kwargs = {"file_name": INT8_ONNX} if params["int8"] and folder == params["saved"] else {}
+    if params["backend"] == "openvino":
+        kwargs["ov_config"] = params["ov_config"]
     model = SentenceTransformer(
         folder, device="cpu", backend=params["backend"], model_kwargs=kwargs
     )
@@ -70,7 +73,11 @@ def encode(params: dict) -> dict:
     vectors = model.encode(texts, batch_size=batch)
     seconds = time.perf_counter() - began
     np.save(Path(params["out"]).with_suffix(".npy"), np.asarray(vectors, dtype=np.float32))
-    return {"seconds": seconds}
+    result = {"seconds": seconds}
+    if params["backend"] == "openvino":  # optimum-intel keeps the CompiledModel as ``request``
+        hint = model[0].auto_model.request.get_property("INFERENCE_PRECISION_HINT")
+        result["precision"] = str(hint.get_type_name())
+    return result
 
 
 if __name__ == "__main__":

@@ -36,9 +36,10 @@ class BackendOptions:
 
     backend: Backend = option(
         "torch",
-        "inference engine: torch, onnx (ONNX Runtime, fp32 or an int8 export) or openvino; "
-        "a model that is not an `lmembed export --format onnx|openvino` folder is exported "
-        "once into the cache",
+        "inference engine: torch, onnx (ONNX Runtime, fp32 or an int8 export) or openvino "
+        "(fp32; with --dtype bf16 or auto it computes in bf16 where the CPU has bf16 units, "
+        "the fastest CPU path there); a model that is not an `lmembed export --format "
+        "onnx|openvino` folder is exported once into the cache",
     )
     merge_lora: bool = option(
         True,
@@ -66,7 +67,8 @@ def load_encoder(
     folder = Path(spec.model) if exported and spec.adapter is None else cached_export(spec)
     if backend == "onnx" and export_backend(str(folder)) == "openvino":
         raise ExportError(f"{folder} holds OpenVINO IR only; use --backend openvino")
-    runtime_spec = spec.replace(model=str(folder), adapter=None, dtype="fp32")
+    precision = runtime_precision(backend, spec_options.get("dtype"), spec.dtype)
+    runtime_spec = spec.replace(model=str(folder), adapter=None, dtype=precision)
     if backend == "onnx":
         from lmembed.backends.onnx import load_onnx
 
@@ -74,6 +76,20 @@ def load_encoder(
     from lmembed.backends.openvino import load_openvino
 
     return load_openvino(folder, runtime_spec)
+
+
+def runtime_precision(backend: Backend, requested: str | None, resolved: str) -> str:
+    """The dtype a runtime computes in: fp32 (the exported graph's) unless ``--dtype`` was
+    given. OpenVINO then computes in it (bf16 runs on AMX/AVX512-BF16 units; the vectors
+    drift from fp32 as torch's bf16 does); ONNX Runtime's CPU kernels have fp32 only."""
+    if requested is None:
+        return "fp32"
+    if backend == "onnx" and resolved != "fp32":
+        raise ExportError(
+            f"--backend onnx computes in fp32 (or an int8 export), not {resolved}; "
+            "use --backend openvino or torch for bf16/fp16"
+        )
+    return resolved
 
 
 def export_backend(model: str | None) -> str | None:

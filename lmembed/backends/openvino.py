@@ -2,9 +2,9 @@
 
 ``export(kind="openvino")`` converts the checked ONNX graph to OpenVINO IR
 (``openvino_model.xml``/``.bin``, fp32 weights kept as they are); the backend also runs an
-ONNX export folder directly. Inference precision is pinned to f32: on CPUs with bf16
-units OpenVINO would otherwise compute in bf16 and the vectors would drift from
-``Embedder.encode``.
+ONNX export folder directly. Inference precision is pinned to f32 unless the user asks
+for another dtype: on CPUs with bf16 units OpenVINO would otherwise compute in bf16 and the
+vectors would drift from ``Embedder.encode`` without anyone having chosen it.
 """
 
 from __future__ import annotations
@@ -17,14 +17,16 @@ from lmembed.backends.onnx import ONNX_FILE, RunFn, RuntimeEmbedder, runtime_emb
 from lmembed.model.spec import EmbeddingSpec
 
 IR_FILE = "openvino_model.xml"
-CPU_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
+PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}  # lmembed dtype -> OpenVINO's
 
 
-def openvino_run(path: Path) -> RunFn:
-    """A compiled CPU model over ``path`` (IR or ONNX) as a feed -> hidden states function."""
+def openvino_run(path: Path, dtype: str = "fp32") -> RunFn:
+    """A compiled CPU model over ``path`` (IR or ONNX) computing in ``dtype``, as a feed ->
+    hidden states function."""
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(path), "CPU", CPU_CONFIG)
+    config = {"INFERENCE_PRECISION_HINT": PRECISIONS[dtype]}
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
     request = compiled.create_infer_request()
     output = compiled.output(0)
 
@@ -40,8 +42,9 @@ def graph_file(folder: Path) -> Path:
 
 
 def load_openvino(folder: Path, spec: EmbeddingSpec) -> RuntimeEmbedder:
-    """The embedder of an ``onnx`` or ``openvino`` export folder, on OpenVINO."""
-    return runtime_embedder(folder, spec, openvino_run(graph_file(folder)))
+    """The embedder of an ``onnx`` or ``openvino`` export folder, on OpenVINO, computing in
+    ``spec.dtype``."""
+    return runtime_embedder(folder, spec, openvino_run(graph_file(folder), spec.dtype))
 
 
 def convert_to_ir(onnx_path: Path, folder: Path) -> None:

@@ -200,3 +200,33 @@ def test_options_and_errors(tmp_path, tiny_llama):
         export(tmp_path / "x", kind="merged", quantize="int8", model=str(tiny_llama))
     with pytest.raises(ValueError, match="backend must be one of"):
         load_encoder({"model": str(tiny_llama)}, "tensorrt")
+
+
+def test_openvino_computes_in_the_requested_dtype_and_onnx_refuses_bf16(
+    tmp_path, adapters, sentences, monkeypatch
+):
+    """Without --dtype the runtime keeps the graph's fp32; --dtype bf16 reaches OpenVINO's
+    inference precision (bf16 units where the CPU has them); ONNX Runtime has fp32 only."""
+    import openvino as ov
+
+    adapter = adapters("llama-suffix-truncated")
+    reference = Embedder.from_pretrained(adapter=adapter, dtype="fp32").encode(sentences)
+    out = export(tmp_path / "onnx", kind="onnx", adapter=adapter)
+    hints = []
+    compile_model = ov.Core.compile_model
+
+    def recording(core, model, device, config):
+        hints.append(config["INFERENCE_PRECISION_HINT"])
+        return compile_model(core, model, device, config)
+
+    monkeypatch.setattr(ov.Core, "compile_model", recording)
+    for dtype, hint in ((None, "f32"), ("fp32", "f32"), ("bf16", "bf16")):
+        options = {"model": str(out), "dtype": dtype}
+        engine = load_encoder(options, "openvino")
+        assert hints[-1] == hint and engine.spec.dtype == (dtype or "fp32")
+        vectors = engine.encode(sentences)
+        assert vectors.dtype == np.float32
+        assert _cosines(vectors, reference).min() >= (0.9999 if hint == "f32" else 0.98), dtype
+    with pytest.raises(ExportError, match="--backend onnx computes in fp32.*openvino or torch"):
+        load_encoder({"model": str(out), "dtype": "bf16"}, "onnx")
+    assert load_encoder({"model": str(out), "dtype": "fp32"}, "onnx").spec.dtype == "fp32"

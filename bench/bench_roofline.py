@@ -7,7 +7,9 @@ step; LoRA 8/32 on every linear layer); (2) the bf16 and fp32 ``torch.matmul`` p
 of a large square product and the model's MLP shape); (3) encoding the STSb test
 sentences in batches of 32; (4) ``torch.profiler`` over training steps: operator self
 time grouped into matmuls (base and LoRA), attention, casts and copies, other kernels,
-plus the optimizer, tokenization and the Python around them.
+plus the optimizer, tokenization and the Python around them; (5) the training steps again
+with the options that won in ``bench/bench_step_options.py`` (``--fast-options``), the
+fraction of peak after the kept optimisations.
 
 Model FLOPs per token (stated, not measured): with ``N`` the base's linear-layer weights
 (embeddings excluded; the tied output head is not used for embeddings), ``L`` layers,
@@ -45,6 +47,9 @@ from common import (
 )
 
 HEADING = "Roofline"
+# The second training row: the options that keep the recipe and won in
+# bench/bench_step_options.py on a native-bf16 CPU (docs/benchmarks.md).
+FAST_OPTIONS = ["compile", "lora_compute_in_base_dtype", "lora_fast_dropout"]
 
 
 def matmul_gflops(shape: tuple[int, int, int], dtype: torch.dtype, seconds: float = 2.0) -> float:
@@ -104,17 +109,25 @@ def flops(shape: dict, real: int, attended: int, training: bool) -> float:
     return 2 * matmul + 3 * attention if training else matmul + attention
 
 
-def training_run(steps: int) -> tuple[dict, object, object, dict]:
-    """Time ``steps`` demo-recipe steps (after one warm-up step); returns the figures and
-    what the rest of the run needs: the embedder, a step function and the model's shape."""
+def training_run(steps: int, options: list[str]) -> tuple[dict, object, object, dict]:
+    """Time ``steps`` demo-recipe steps with the boolean training ``options`` on (after
+    warm-up steps: one, or three when compiling); returns the figures and what the rest of
+    the run needs: the embedder, a step function and the model's shape."""
     from lmembed.data.training import load_training_data
     from lmembed.losses import build_loss
     from lmembed.training.distributed import Distributed
-    from lmembed.training.trainer import batch_texts, build_embedder, forward_backward
+    from lmembed.training.trainer import (
+        batch_texts,
+        build_embedder,
+        compile_backbone,
+        forward_backward,
+    )
 
-    config = demo_config()
+    config = demo_config().replace(**dict.fromkeys(options, True))
     data = load_training_data(config.dataset)
     embedder = build_embedder(config)
+    if config.compile:
+        compile_backbone(embedder)
     embedder.train()
     loss_fn = build_loss("infonce", 0.05, 0.2)
     trainable = [p for p in embedder.parameters() if p.requires_grad]
@@ -138,9 +151,11 @@ def training_run(steps: int) -> tuple[dict, object, object, dict]:
             optimizer.zero_grad(set_to_none=True)
         return time.perf_counter() - tick, tokenize_s, pass_tokens(embedder, ids, len(texts[0]))
 
-    step(0)
+    warmup = 3 if config.compile else 1
+    for index in range(warmup):
+        step(index)
     times, tokens = [], []
-    for index in range(1, steps + 1):
+    for index in range(warmup, warmup + steps):
         seconds, _, counts = step(index)
         times.append(seconds)
         tokens.append(counts)
@@ -149,7 +164,7 @@ def training_run(steps: int) -> tuple[dict, object, object, dict]:
     figures = {"steps": steps, "step_s": [round(t, 3) for t in times], "median_step_s": median,
                "real_tokens_per_s": real / median, "padded_tokens_per_s": padded / median,
                "flops_per_s": flops(shape, real, attended, training=True) / median,
-               "triplets_per_s": config.batch_size / median}  # fmt: skip
+               "triplets_per_s": config.batch_size / median, "options": options}  # fmt: skip
     return figures, embedder, step, shape
 
 
@@ -230,18 +245,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=8, help="timed training steps")
     parser.add_argument("--profile-steps", type=int, default=2)
+    parser.add_argument(
+        "--fast-options", nargs="*", default=FAST_OPTIONS,
+        help="training options (booleans) of the second training row; none: skip it",
+    )  # fmt: skip
     args = parser.parse_args()
 
-    training, embedder, step, shape = training_run(args.steps)
+    training, embedder, step, shape = training_run(args.steps, [])
     peak = peaks((32 * 16, shape["hidden"], shape["intermediate"]))
     encoding = encoding_run(embedder, shape)
     breakdown = profile(step, args.profile_steps)
+    fast = training_run(args.steps, args.fast_options)[0] if args.fast_options else None
     dtype = embedder.spec.dtype
     result = {"environment": environment(), "model": embedder.spec.model, "dtype": dtype,
-              "shape": shape, "peak_gflops": peak,
-              "training": training, "encoding": encoding, "profile": breakdown}  # fmt: skip
+              "shape": shape, "peak_gflops": peak, "training": training,
+              "training_fast": fast, "encoding": encoding, "profile": breakdown}  # fmt: skip
     save_result("roofline", result)
     write_docs(result)
+
+
+def option_flags(options: list[str]) -> list[str]:
+    """``lora_fast_dropout`` -> ``--lora-fast-dropout``: the row names the flags it used."""
+    return [f"`--{name.replace('_', '-')}`" for name in options]
 
 
 def ceiling_text(result: dict, peak: float) -> str:
@@ -268,10 +293,14 @@ def write_docs(result: dict) -> None:
     peak = max(result["peak_gflops"][dtype].values())
     peaks_text = ", ".join(f"{max(v.values()):.0f} {k}" for k, v in result["peak_gflops"].items())
     rows = []
-    for name in ("training", "encoding"):
-        run = result[name]
+    for name in ("training", "training_fast", "encoding"):
+        run = result.get(name)
+        if run is None:
+            continue
         achieved = run["flops_per_s"] / 1e9
-        rows.append([name, f"{run['real_tokens_per_s']:.0f}", f"{run['padded_tokens_per_s']:.0f}",
+        label = " ".join(["training", *option_flags(run["options"])]) if "options" in run else name
+        rows.append([label, f"{run['median_step_s']:.2f}" if "options" in run else "",
+                     f"{run['real_tokens_per_s']:.0f}", f"{run['padded_tokens_per_s']:.0f}",
                      f"{achieved:.0f}", f"{100 * achieved / peak:.0f}%"])  # fmt: skip
     shape = result["shape"]
     body = "\n".join([
@@ -287,8 +316,8 @@ def write_docs(result: dict) -> None:
         "`bench/bench_roofline.py`'s docstring (training = 4N + 3 x attention, encoding = "
         "2N + attention), counted on real tokens.",
         "",
-        table(["pass", "real tokens/s", "padded tokens/s", "model GFLOP/s", f"of {dtype} peak"],
-              rows),  # fmt: skip
+        table(["pass", "median step s", "real tokens/s", "padded tokens/s", "model GFLOP/s",
+               f"of {dtype} peak"], rows),  # fmt: skip
         "",
         "Where a training step's time goes (`torch.profiler`, operator self time as a share of "
         "the step's wall time):",

@@ -19,7 +19,9 @@ Candidates (issue 17):
   the extra steps that buys beat the full adapter);
 * ``LoRA in the base dtype``: ``--lora-compute-in-base-dtype``, the adapter computed in
   bf16 on a bf16 base, so no adapted layer casts its activations to fp32 and back (only on
-  CPUs where ``--dtype auto`` picks bf16; elsewhere it is the current step).
+  CPUs where ``--dtype auto`` picks bf16; elsewhere it is the current step);
+* ``torch.compile + ...``: the options that keep the recipe, combined (``--compile
+  --lora-compute-in-base-dtype [--lora-fast-dropout]``): whether their gains add up.
 
 A candidate is a change to the built embedder, or a dict of options for a trainer built
 from another config.
@@ -83,6 +85,12 @@ CANDIDATES: dict[str, Callable | dict | None] = {
     "packed texts": use_packing,
     "LoRA on the top 9 layers (measure only)": {"lora_top_layers": 9},
     "LoRA in the base dtype": {"lora_compute_in_base_dtype": True},
+    "torch.compile + LoRA in the base dtype": {"compile": True, "lora_compute_in_base_dtype": True},
+    "torch.compile + base dtype + fast dropout": {
+        "compile": True,
+        "lora_compute_in_base_dtype": True,
+        "lora_fast_dropout": True,
+    },
 }
 
 
@@ -94,6 +102,8 @@ def trainer(change: Callable | dict | None, config, loss_fn) -> Callable[[tuple]
     if isinstance(change, dict):  # other options: the trainer is built from them
         config, change = config.replace(**change), None
     embedder = build_embedder(config)
+    if config.compile:
+        compile_backbone(embedder)
     if change is not None:
         change(embedder)
     embedder.train()

@@ -60,7 +60,8 @@ class EmbeddingSpec:
         "auto",
         "backbone dtype (LoRA weights train in fp32); auto: bf16 where the hardware computes "
         "it (CUDA, CPUs with AVX512-BF16 or AMX), else fp32, several times faster than "
-        "emulated bf16. The spec records the dtype auto chose",
+        "emulated bf16. The spec records the dtype auto chose. --backend openvino computes "
+        "the fp32 graph in it only when given; --backend onnx runs fp32 only",
     )
     append_eos: bool = option(True, "append the EOS token to every text (the paper's recipe)")
     trust_remote_code: bool = option(False, "allow the model's own code (MiniCPM)")

@@ -20,6 +20,8 @@ Candidates (issue 17):
 * ``LoRA in the base dtype``: ``--lora-compute-in-base-dtype``, the adapter computed in
   bf16 on a bf16 base, so no adapted layer casts its activations to fp32 and back (only on
   CPUs where ``--dtype auto`` picks bf16; elsewhere it is the current step);
+* ``KV cache built (the step before 2026-12-02)``: decoders' forward passes built a KV
+  cache they never read until ``Embedder`` turned ``config.use_cache`` off; what that cost;
 * ``torch.compile + ...``: the options that keep the recipe, combined (``--compile
   --lora-compute-in-base-dtype [--lora-fast-dropout]``): whether their gains add up.
 
@@ -72,12 +74,17 @@ def no_dropout(embedder) -> None:
             module.p = 0.0
 
 
+def kv_cache(embedder) -> None:
+    embedder.model.config.use_cache = True
+
+
 def fast_dropout(embedder) -> None:
     use_fast_dropout(embedder.model)
 
 
 CANDIDATES: dict[str, Callable | dict | None] = {
     BASELINE: None,
+    "KV cache built (the step before 2026-12-02)": kv_cache,
     "eager attention": eager,
     "torch.compile": compile_backbone,
     "no LoRA dropout (measure only)": no_dropout,

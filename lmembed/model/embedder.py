@@ -38,6 +38,9 @@ class Embedder(torch.nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.spec = spec
+        # An embedder never decodes: without this, decoders build a KV cache in every forward
+        # pass, which also breaks torch.compile's graphs (recompiling at each layer's cache).
+        model.config.use_cache = False
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.eos_id = _eos_to_append(tokenizer) if spec.append_eos else None

@@ -147,3 +147,21 @@ def test_bf16_inference_keeps_the_adapter_separate(tiny_llama, tmp_path):
     """Rounding W + BA to bf16 would lose the update below W's last bit, so no merge there."""
     adapter = random_lora_adapter(tmp_path / "adapter", tiny_llama)
     assert isinstance(Embedder.from_pretrained(adapter=adapter, dtype="bf16").model, PeftModel)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_forward_builds_no_kv_cache_and_gives_the_same_vectors(tiny_models, arch):
+    """An embedder never decodes, so its forward passes build no KV cache (a cache per pass
+    costs time and breaks torch.compile's graphs); the vectors are those with a cache."""
+    embedder = _embedder(tiny_models[arch])
+    batch = embedder.collate(embedder.tokenize(TEXTS))
+    seen = []
+    hook = embedder.model.register_forward_hook(lambda m, a, out: seen.append(out))
+    with torch.no_grad():
+        without = embedder(batch)
+        embedder.model.config.use_cache = True  # what the checkpoint's config asks for
+        with_cache = embedder(batch)
+    hook.remove()
+    assert getattr(seen[0], "past_key_values", None) is None
+    assert seen[1].past_key_values is not None, "the teeth: a decoder does build one"
+    torch.testing.assert_close(without, with_cache)

@@ -71,8 +71,9 @@ class TrainConfig:
     compile: bool = option(
         False,
         "torch.compile the backbone (inductor, dynamic shapes): 1.12–1.18x faster steps on "
-        "2-core CPUs in fp32 after 6–12 minutes of compiling, 1.33x in bf16 on a native-bf16 "
-        "CPU after 4.5 minutes (docs/benchmarks.md), so it pays off from about 100-300 steps; "
+        "2-core CPUs in fp32 after 6–12 minutes of compiling, 1.07–1.33x in bf16 on a "
+        "native-bf16 CPU after 4.5 minutes (docs/benchmarks.md), so it pays off from about "
+        "100-300 steps; "
         "needs a C++ compiler. Dropout masks then come from inductor's "
         "generator: same distribution, not the eager run's draws",
     )

@@ -20,6 +20,7 @@ from lmembed.losses import InfoNCELoss, build_loss
 from lmembed.model.embedder import Embedder
 from lmembed.model.loading import load_backbone
 from lmembed.model.lora import attach_lora, load_adapter, speed_up
+from lmembed.system import accelerator
 from lmembed.training.averaging import ExponentialAverage
 from lmembed.training.checkpoint import TrainingState
 from lmembed.training.config import TrainConfig
@@ -62,12 +63,23 @@ def build_embedder(config: TrainConfig) -> Embedder:
     """Backbone + trainable LoRA (new, or continued from ``adapter``) + the spec to save."""
     spec = config.embedding
     backbone, tokenizer = load_backbone(spec.model, spec.dtype, spec.trust_remote_code)
+    if kernel := attention_kernel(config):
+        backbone.set_attn_implementation(kernel)
     if spec.adapter is not None:
         backbone = load_adapter(backbone, spec.adapter, trainable=True)
         speed_up(backbone, config.lora)
     else:
         backbone = attach_lora(backbone, config.lora)
     return Embedder(backbone, tokenizer, spec)
+
+
+def attention_kernel(config: TrainConfig) -> str | None:
+    """``--attn-implementation``; auto: eager for bf16 on a CPU, where it won the paired
+    step benchmark (short texts: the attention matrices are small), else ``None``: the
+    kernel transformers loaded (sdpa where the model has it)."""
+    if config.attn_implementation != "auto":
+        return config.attn_implementation
+    return "eager" if accelerator() is None and config.embedding.dtype == "bf16" else None
 
 
 def compile_backbone(embedder: Embedder) -> None:

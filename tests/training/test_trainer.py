@@ -306,3 +306,60 @@ def test_speed_options_reach_every_lora_layer(tiny_llama, triplets_csv, tmp_path
     assert len(factors) == 2 * len(dropouts)
     assert all(type(f) is BaseDtypeLinear for f in factors)
     assert not any(m.cast_input_dtype_enabled for m in layers)
+
+
+def _attention(embedder: Embedder) -> str:
+    return embedder.model.get_base_model().config._attn_implementation
+
+
+def test_attn_implementation_auto_picks_eager_for_bf16_on_cpu(
+    tiny_llama, triplets_csv, tmp_path, monkeypatch
+):
+    """auto: eager for bf16 training on a CPU (it won the paired step benchmark there), the
+    loaded kernel (sdpa) otherwise; an explicit choice always applies."""
+    monkeypatch.setattr(trainer_module, "accelerator", lambda: None)  # the CPU, even on a GPU host
+    kernel = {}
+    for dtype in ("fp32", "bf16"):
+        for choice in ("auto", "sdpa", "eager"):
+            config = _config(tiny_llama, triplets_csv, tmp_path, dtype=dtype,
+                             attn_implementation=choice)  # fmt: skip
+            kernel[dtype, choice] = _attention(build_embedder(config))
+    assert kernel == {
+        ("fp32", "auto"): "sdpa", ("fp32", "sdpa"): "sdpa", ("fp32", "eager"): "eager",
+        ("bf16", "auto"): "eager", ("bf16", "sdpa"): "sdpa", ("bf16", "eager"): "eager",
+    }  # fmt: skip
+    monkeypatch.setattr(trainer_module, "accelerator", lambda: torch.device("cuda"))
+    config = _config(tiny_llama, triplets_csv, tmp_path, dtype="bf16")
+    assert trainer_module.attention_kernel(config) is None  # a GPU keeps sdpa
+    with pytest.raises(ValueError, match="attn_implementation"):
+        _config(tiny_llama, triplets_csv, tmp_path, attn_implementation="flash")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "qwen2"])
+def test_eager_and_sdpa_attention_give_the_same_vectors_and_gradients(
+    tiny_models, triplets_csv, tmp_path, arch
+):
+    """The kernel is an implementation detail: same loss and LoRA gradients (fp32)."""
+    from lmembed.losses import build_loss
+    from lmembed.training.distributed import Distributed
+    from lmembed.training.trainer import forward_backward
+
+    texts = (["a man plays a guitar", "two dogs run"], ["music", "dogs outside"],
+             ["silence in the hall", "a cat sleeps on the warm sofa"])  # fmt: skip
+    results = {}
+    for kernel in ("sdpa", "eager"):
+        config = _config(tiny_models[arch], triplets_csv, tmp_path, attn_implementation=kernel,
+                         lora_dropout=0.0)  # fmt: skip
+        torch.manual_seed(0)
+        embedder = build_embedder(config).train()
+        assert _attention(embedder) == kernel
+        for param in embedder.parameters():  # nonzero B, so every LoRA factor gets a gradient
+            if param.requires_grad:
+                param.data = torch.randn(param.shape, generator=torch.Generator().manual_seed(1))
+        loss = forward_backward(embedder, build_loss("infonce", 0.05, 0.2), texts,
+                                Distributed(), [2])  # fmt: skip
+        grads = {n: p.grad for n, p in embedder.named_parameters() if p.requires_grad}
+        results[kernel] = (loss.item(), grads)
+    assert results["sdpa"][0] == pytest.approx(results["eager"][0], rel=1e-5)
+    for name, grad in results["sdpa"][1].items():
+        torch.testing.assert_close(grad, results["eager"][1][name], rtol=1e-4, atol=1e-5)

@@ -80,8 +80,9 @@ class TrainConfig:
     attn_implementation: Literal["auto", "sdpa", "eager"] = option(
         "auto",
         "the backbone's attention kernel while training (the same math): eager runs the demo "
-        "step 1.07-1.10x faster in bf16 on a native-bf16 2-core CPU, 0.99x in fp32 "
-        "(docs/benchmarks.md); auto: eager when training in bf16 on a CPU, else sdpa",
+        "1.07x faster in bf16 on a native-bf16 2-core CPU (step and whole run), 0.99x per "
+        "step in fp32 (docs/benchmarks.md); auto: eager when training in bf16 on a CPU, else "
+        "the kernel transformers loads (sdpa)",
     )
     seed: int = option(42, "seed for data order, LoRA init and dropout")
     save_every: int = option(100, "checkpoint every N steps (0: only at the end)")

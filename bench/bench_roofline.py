@@ -193,8 +193,11 @@ COUNTED_KERNELS = ("matmul (base)", "matmul (LoRA)", "attention")
 
 
 def classify(name: str, shapes: list, lora_rank: int) -> str:
-    """The category of one operator (by name; LoRA matmuls have the rank as a dimension)."""
-    if name in ("aten::mm", "aten::addmm", "aten::bmm"):
+    """The category of one operator (by name; LoRA matmuls have the rank as a dimension;
+    batched matmuls are eager attention's QK^T and AV, linear layers run mm/addmm)."""
+    if name == "aten::bmm":
+        return "attention"
+    if name in ("aten::mm", "aten::addmm"):
         dims = {d for shape in shapes for d in shape}
         return "matmul (LoRA)" if lora_rank in dims else "matmul (base)"
     for category, keys in CATEGORIES:

@@ -116,18 +116,11 @@ def training_run(steps: int, options: list[str]) -> tuple[dict, object, object, 
     from lmembed.data.training import load_training_data
     from lmembed.losses import build_loss
     from lmembed.training.distributed import Distributed
-    from lmembed.training.trainer import (
-        batch_texts,
-        build_embedder,
-        compile_backbone,
-        forward_backward,
-    )
+    from lmembed.training.trainer import batch_texts, build_embedder, forward_backward
 
     config = demo_config().replace(**dict.fromkeys(options, True))
     data = load_training_data(config.dataset)
     embedder = build_embedder(config)
-    if config.compile:
-        compile_backbone(embedder)
     embedder.train()
     loss_fn = build_loss("infonce", 0.05, 0.2)
     trainable = [p for p in embedder.parameters() if p.requires_grad]
@@ -301,8 +294,9 @@ def write_docs(result: dict) -> None:
         if run is None:
             continue
         achieved = run["flops_per_s"] / 1e9
-        label = " ".join(["training", *option_flags(run["options"])]) if "options" in run else name
-        rows.append([label, f"{run['median_step_s']:.2f}" if "options" in run else "",
+        training = name != "encoding"
+        label = " ".join(["training", *option_flags(run["options"])]) if training else name
+        rows.append([label, f"{run['median_step_s']:.2f}" if training else "",
                      f"{run['real_tokens_per_s']:.0f}", f"{run['padded_tokens_per_s']:.0f}",
                      f"{achieved:.0f}", f"{100 * achieved / peak:.0f}%"])  # fmt: skip
     shape = result["shape"]

@@ -60,7 +60,6 @@ from common import (
 from packing import use_packing
 
 from lmembed.model.lora import use_fast_dropout
-from lmembed.training.trainer import compile_backbone
 
 HEADING = "Training-step candidates"
 BASELINE = "current"
@@ -84,7 +83,7 @@ CANDIDATES: dict[str, Callable | dict | None] = {
     BASELINE: None,
     "KV cache built (the step before 2026-12-02)": kv_cache,
     "sdpa attention": {"attn_implementation": "sdpa"},
-    "torch.compile": compile_backbone,
+    "torch.compile": {"compile": True},
     "no LoRA dropout (measure only)": no_dropout,
     "fast LoRA dropout": fast_dropout,
     "packed texts": use_packing,
@@ -107,8 +106,6 @@ def trainer(change: Callable | dict | None, config, loss_fn) -> Callable[[tuple]
     if isinstance(change, dict):  # other options: the trainer is built from them
         config, change = config.replace(**change), None
     embedder = build_embedder(config)
-    if config.compile:
-        compile_backbone(embedder)
     if change is not None:
         change(embedder)
     embedder.train()

@@ -60,7 +60,8 @@ def seed_everything(seed: int) -> None:
 
 
 def build_embedder(config: TrainConfig) -> Embedder:
-    """Backbone + trainable LoRA (new, or continued from ``adapter``) + the spec to save."""
+    """Backbone + trainable LoRA (new, or continued from ``adapter``) + the spec to save,
+    with the config's attention kernel and ``--compile``."""
     spec = config.embedding
     backbone, tokenizer = load_backbone(spec.model, spec.dtype, spec.trust_remote_code)
     if kernel := attention_kernel(config):
@@ -70,7 +71,10 @@ def build_embedder(config: TrainConfig) -> Embedder:
         speed_up(backbone, config.lora)
     else:
         backbone = attach_lora(backbone, config.lora)
-    return Embedder(backbone, tokenizer, spec)
+    embedder = Embedder(backbone, tokenizer, spec)
+    if config.compile:
+        compile_backbone(embedder)
+    return embedder
 
 
 def attention_kernel(config: TrainConfig) -> str | None:
@@ -189,8 +193,6 @@ def _train(config: TrainConfig, data: TrainingData | None, job: Distributed) -> 
     n_steps = total_steps(config, data)
     check_sharding(config.batch_size, [len(d) for d in data.datasets], n_steps, job.world_size)
     embedder = build_embedder(config).to(job.device)
-    if config.compile:
-        compile_backbone(embedder)
     seed_dropout(config.seed, job)
     loss_fn = build_loss(
         config.loss,

@@ -22,8 +22,9 @@ Candidates (issue 17):
 * ``LoRA in the base dtype``: ``--lora-compute-in-base-dtype``, the adapter computed in
   bf16 on a bf16 base, so no adapted layer casts its activations to fp32 and back (only on
   CPUs where ``--dtype auto`` picks bf16; elsewhere it is the current step);
-* ``KV cache built (the step before 2026-12-02)``: decoders' forward passes built a KV
-  cache they never read until ``Embedder`` turned ``config.use_cache`` off; what that cost;
+* ``KV cache built (the step before 2026-12-02)``: the step between commit 798611a, which
+  dropped ``use_cache=False`` from ``Embedder.forward``, and ``Embedder`` turning
+  ``config.use_cache`` off: a KV cache built in every pass and never read; what it cost;
 * ``torch.compile + ...``: the options that keep the recipe, combined (``--compile
   --lora-compute-in-base-dtype [--lora-fast-dropout]``): whether their gains add up.
 

@@ -145,8 +145,18 @@ def cmd_train(spec: dict[str, Any], options: TrainConfig | None, args: argparse.
     result = train(load_config(args.config, **given(args, args.flat_names)))
     print(
         f"adapter saved to {result.output} after {result.steps} steps "
-        f"(final loss {result.final_loss:.4f}, {result.seconds:.0f} s)"
+        f"(final loss {result.final_loss:.4f}, {result.seconds:.0f} s training"
+        + (f", {result.eval_seconds:.0f} s evaluating)" if result.eval_seconds else ")")
     )
+    if result.stopped_early:
+        print("early stopping ended the run: no better score in the last evaluations")
+    if result.best:
+        best = result.best
+        print(f"kept step {best['step']} ({best['metric']} {best['score']:.2f}); "
+              f"the final step's adapter is in {Path(result.output) / 'last'}")  # fmt: skip
+    elif result.last_scores:
+        print("last evaluation: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in result.last_scores.items()))  # fmt: skip
 
 
 def cmd_encode(spec: dict[str, Any], options: Any, args: argparse.Namespace) -> None:

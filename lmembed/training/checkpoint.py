@@ -47,6 +47,11 @@ RESUME_MUST_MATCH = (
     "lora_r",  # the adapter's shape and scale: a checkpoint of another one cannot continue
     "lora_alpha",
     "lora_targets",
+    # Which evaluations run, and which one the folder's adapter keeps.
+    "eval_tasks",
+    "eval_every",
+    "keep_best",
+    "early_stopping_patience",
 )
 
 

@@ -22,6 +22,8 @@ from lmembed.losses.matryoshka import check_dims
 from lmembed.model.lora import LoraOptions
 from lmembed.model.spec import EmbeddingSpec, resolve_spec
 from lmembed.options import build, check_choices, flat_dict, flat_fields, nested, option
+from lmembed.training.evaluator import EvalDuringTraining
+from lmembed.training.trackers import check_trackers
 
 
 @dataclass
@@ -30,7 +32,9 @@ class TrainConfig:
 
     embedding: EmbeddingSpec = nested(EmbeddingSpec, prefix="", help="the embedding function")
     dataset: DataOptions = nested(DataOptions, prefix="", help="the training data")
-    output: str = option("", "output folder: adapter, checkpoint, log.jsonl")
+    output: str = option(
+        "", "output folder: adapter, model card, logs, report, checkpoint (docs/training.md)"
+    )
     steps: int | None = option(1000, "optimizer steps (ignored when --epochs is given)")
     epochs: float | None = option(None, "train for this many passes over the data instead")
     batch_size: int = option(32, "examples per optimizer step (global batch)")
@@ -84,6 +88,18 @@ class TrainConfig:
         "step in fp32 (docs/benchmarks.md); auto: eager when training in bf16 on a CPU, else "
         "the kernel transformers loads (sdpa)",
     )
+    evaluation: EvalDuringTraining = nested(
+        EvalDuringTraining, prefix="", help="scoring while training, the best step, early stopping"
+    )
+    report_to: list[str] = option(
+        ["jsonl"],
+        "where metrics go, a comma list of: jsonl (the run's log.jsonl and eval.jsonl, always "
+        "written), tensorboard (OUTPUT/tensorboard), mlflow (--mlflow-uri); tensorboard and "
+        "mlflow need lmembed[track]",
+    )
+    mlflow_uri: str | None = option(
+        None, "MLflow tracking URI for --report-to mlflow (default: a SQLite store in OUTPUT/mlruns)"
+    )
     seed: int = option(42, "seed for data order, LoRA init and dropout")
     save_every: int = option(100, "checkpoint every N steps (0: only at the end)")
     resume: bool = option(False, "continue from the checkpoint in --output")
@@ -112,6 +128,7 @@ class TrainConfig:
             check_dims(self.embedding.matryoshka_dims, self.matryoshka_weights or None)
         elif self.matryoshka_weights:
             raise ValueError("--matryoshka-weights needs --matryoshka-dims")
+        check_trackers(self.report_to)
         if self.loss == "triplet" and not self.hard_negatives:
             raise ValueError("the triplet loss needs hard negatives (drop --no-hard-negatives)")
 

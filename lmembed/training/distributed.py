@@ -224,6 +224,15 @@ def gather_objects(obj: Any, job: Distributed) -> list[Any]:
     return objects
 
 
+def broadcast_flag(flag: bool, job: Distributed) -> bool:
+    """Rank 0's ``flag`` on every rank (the others wait for it, as at a barrier)."""
+    if job.world_size == 1:
+        return flag
+    value = torch.tensor([int(flag)], device=job.device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
 def barrier(job: Distributed) -> None:
     if job.world_size > 1:
         dist.barrier()

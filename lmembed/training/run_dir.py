@@ -4,8 +4,15 @@
 
 * the adapter (``adapter_model.safetensors``, ``adapter_config.json``, ``lmembed.json``);
   with ``--ema-decay`` it holds the averaged weights and ``last-step/`` the last step's;
+  with ``--keep-best`` it holds the best evaluated step's and ``last/`` the final step's;
+* ``README.md``: the model card (``lmembed.model_card``);
 * ``train_config.json``: every option, flat (``TrainConfig.to_dict()``);
-* ``log.jsonl``: one record per step (loss, lr, examples/s);
+* ``data.json``: the training data's summary (sources, rows, layout);
+* ``log.jsonl``: one record per step (loss, lr, grad norm, examples/s);
+* ``eval.jsonl``: one record per evaluation (step, metrics, seconds); ``best.json``: the
+  step ``--keep-best`` kept and its score;
+* ``report.md``/``report.png``: loss and eval metrics against step;
+* ``tensorboard/``, ``mlruns/``: the ``--report-to`` trackers' files;
 * ``checkpoint/``: what ``--resume`` needs (``checkpoint.TrainingState``).
 
 Experiments, reports and benchmarks read runs through this module only.
@@ -40,8 +47,33 @@ class RunDir:
         return self.path / "last-step"
 
     @property
+    def last(self) -> Path:
+        """The final step's adapter when the folder keeps the best one (``--keep-best``)."""
+        return self.path / "last"
+
+    @property
     def log(self) -> Path:
         return self.path / "log.jsonl"
+
+    @property
+    def eval_log(self) -> Path:
+        return self.path / "eval.jsonl"
+
+    @property
+    def best_file(self) -> Path:
+        return self.path / "best.json"
+
+    @property
+    def data_summary(self) -> Path:
+        return self.path / "data.json"
+
+    @property
+    def report_md(self) -> Path:
+        return self.path / "report.md"
+
+    @property
+    def report_png(self) -> Path:
+        return self.path / "report.png"
 
     @property
     def config(self) -> Path:
@@ -74,6 +106,16 @@ class RunDir:
 
     def metrics(self) -> list[dict[str, Any]]:
         return read_metrics(self.log)
+
+    def evaluations(self) -> list[dict[str, Any]]:
+        """The ``eval.jsonl`` records: ``{"step", "metrics": {name: score}, "seconds"}``."""
+        return read_metrics(self.eval_log)
+
+    def best(self) -> dict[str, Any] | None:
+        """``best.json`` (``{"metric", "step", "score"}``), or None without ``--keep-best``."""
+        if not self.best_file.is_file():
+            return None
+        return json.loads(self.best_file.read_text(encoding="utf-8"))
 
 
 class MetricsLog:

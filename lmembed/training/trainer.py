@@ -7,8 +7,10 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,10 +18,12 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from lmembed.data.training import Batch, TrainingData, load_training_data
+from lmembed.io import atomic_write_json
 from lmembed.losses import InfoNCELoss, build_loss
 from lmembed.model.embedder import Embedder
 from lmembed.model.loading import load_backbone
 from lmembed.model.lora import attach_lora, load_adapter, speed_up
+from lmembed.model_card import write_card
 from lmembed.system import accelerator
 from lmembed.training.averaging import ExponentialAverage
 from lmembed.training.checkpoint import TrainingState
@@ -34,9 +38,12 @@ from lmembed.training.distributed import (
     save_checkpoint_on_main,
     seed_dropout,
 )
+from lmembed.training.evaluator import Scorer
 from lmembed.training.faults import fault_point
 from lmembed.training.gradcache import grad_cache_backward
-from lmembed.training.run_dir import MetricsLog, RunDir
+from lmembed.training.monitor import RunMonitor
+from lmembed.training.report import write_run_report
+from lmembed.training.run_dir import RunDir
 
 logger = logging.getLogger("lmembed")
 
@@ -47,10 +54,16 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class TrainResult:
+    """``seconds`` is training time; time spent evaluating is ``eval_seconds``, apart."""
+
     output: Path
     steps: int
     final_loss: float
     seconds: float
+    eval_seconds: float = 0.0
+    best: dict[str, Any] | None = None
+    last_scores: dict[str, float] = field(default_factory=dict)
+    stopped_early: bool = False
 
 
 def seed_everything(seed: int) -> None:
@@ -94,15 +107,21 @@ def compile_backbone(embedder: Embedder) -> None:
     embedder.model.get_base_model().compile(dynamic=True)
 
 
-def save_adapters(embedder: Embedder, run: RunDir, average: ExponentialAverage | None) -> None:
+def save_adapters(
+    embedder: Embedder, run: RunDir, average: ExponentialAverage | None, keep_best: bool
+) -> None:
     """The trained adapter; with weight averaging, the average there and the last step's
-    weights in ``last-step/`` (so one run gives both to compare on a dev set)."""
-    if average is None:
-        embedder.save_adapter(run.path)
-        return
-    embedder.save_adapter(run.last_step)
-    with average.applied():
-        embedder.save_adapter(run.path)
+    weights in ``last-step/`` (so one run gives both to compare on a dev set). With
+    ``--keep-best`` the folder already holds the best step's and the final one goes to
+    ``last/``. Every adapter folder gets a model card."""
+    final = run.last if keep_best else run.path
+    if average is not None:
+        embedder.save_adapter(run.last_step)
+        write_card(run.last_step, embedder.spec, run.path)
+    with average.applied() if average is not None else nullcontext():
+        embedder.save_adapter(final)
+    for folder in {final, run.path}:
+        write_card(folder, embedder.spec, run.path)
 
 
 def build_optimizer(
@@ -166,17 +185,22 @@ def forward_backward(
     return loss.detach()
 
 
-def train(config: TrainConfig, data: TrainingData | None = None) -> TrainResult:
+def train(
+    config: TrainConfig, data: TrainingData | None = None, scorer: Scorer | None = None
+) -> TrainResult:
     """Fine-tune ``config.embedding.model``; the adapter lands in ``config.output``.
 
     Under ``torchrun`` every process trains on its shard of each global batch
-    against the negatives of all processes; rank 0 alone logs and writes.
+    against the negatives of all processes; rank 0 alone logs, evaluates and writes.
+    ``scorer`` replaces the ``--eval-tasks`` evaluator (``{metric: score}`` of an embedder).
     """
     with process_group() as job:
-        return _train(config, data, job)
+        return _train(config, data, job, scorer)
 
 
-def _train(config: TrainConfig, data: TrainingData | None, job: Distributed) -> TrainResult:
+def _train(
+    config: TrainConfig, data: TrainingData | None, job: Distributed, scorer: Scorer | None
+) -> TrainResult:
     if not config.output:
         raise ValueError("give an output folder (--output)")
     run = RunDir(config.output)
@@ -190,6 +214,7 @@ def _train(config: TrainConfig, data: TrainingData | None, job: Distributed) -> 
     data = data if data is not None else load_training_data(config.dataset)
     if job.is_main:
         data.log_summary(config.batch_size, config.seed)
+        atomic_write_json(run.data_summary, data.summary())
     n_steps = total_steps(config, data)
     check_sharding(config.batch_size, [len(d) for d in data.datasets], n_steps, job.world_size)
     embedder = build_embedder(config).to(job.device)
@@ -217,16 +242,19 @@ def _train(config: TrainConfig, data: TrainingData | None, job: Distributed) -> 
     elif config.resume:
         first_save = config.save_every if 0 < config.save_every < n_steps else n_steps
         run.check_fresh_resume(first_save)
-    log = None
     if job.is_main:
         run.write_config(config.to_dict())
-        log = MetricsLog(run.log, keep_until_step=start)
+    monitor = RunMonitor(config, run, job, start, scorer)
+    keep_best = config.evaluation.keep_best is not None
 
     embedder.train()
     loss_value = float("nan")
     began = time.perf_counter()
+    if start == 0 and monitor.due(0, n_steps):
+        monitor.evaluate(0, embedder, average)
+    done = start
     bar = tqdm(
-        range(start, n_steps),
+        range(start, n_steps if not monitor.stopped else start),
         initial=start,
         total=n_steps,
         desc="train",
@@ -246,8 +274,7 @@ def _train(config: TrainConfig, data: TrainingData | None, job: Distributed) -> 
                 f"{run.checkpoint} is intact: lower --lr or check the data, then --resume."
             )
         average_gradients(trainable + learned, job)
-        if config.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+        grad_norm = gradient_norm(trainable, config.max_grad_norm)
         optimizer.step()
         if average is not None:
             average.update()
@@ -258,16 +285,33 @@ def _train(config: TrainConfig, data: TrainingData | None, job: Distributed) -> 
         done = step + 1
         rate = len(batch) / (time.perf_counter() - tick)
         lr = scheduler.get_last_lr()[0]
-        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", triplets_s=f"{rate:.1f}")
-        if log is not None:
-            record = {"step": done, "loss": loss_value, "lr": lr, "triplets_per_s": rate}
-            if learned:  # the InfoNCE loss's (Matryoshka may wrap it)
-                record["temperature"] = float(infonce.temperature)
-            log.write(record)
+        record = {"step": done, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+                  "triplets_per_s": rate}  # fmt: skip
+        if infonce is not None:  # the InfoNCE loss's (Matryoshka may wrap it)
+            record["temperature"] = float(infonce.temperature)
+        monitor.log_step(record)
+        stop = monitor.due(done, n_steps) and monitor.evaluate(done, embedder, average)
+        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", triplets_s=f"{rate:.1f}",
+                        **monitor.postfix_score())  # fmt: skip
+        if stop:
+            break
         if config.save_every and done % config.save_every == 0 and done < n_steps:
             save_checkpoint_on_main(state, run.checkpoint, done, job)
+    bar.close()
 
     if job.is_main:
-        save_adapters(embedder, run, average)
-    save_checkpoint_on_main(state, run.checkpoint, n_steps, job)
-    return TrainResult(run.path, n_steps, loss_value, time.perf_counter() - began)
+        save_adapters(embedder, run, average, keep_best)
+        write_run_report(run)
+    save_checkpoint_on_main(state, run.checkpoint, done, job)
+    monitor.finish()
+    seconds = time.perf_counter() - began - monitor.eval_seconds
+    return TrainResult(run.path, done, loss_value, seconds, monitor.eval_seconds,
+                       monitor.best.summary(), monitor.last_scores, monitor.stopped)  # fmt: skip
+
+
+def gradient_norm(parameters: list[torch.nn.Parameter], max_norm: float) -> float:
+    """The gradients' total norm before clipping (clipped to ``max_norm`` when > 0)."""
+    if max_norm > 0:
+        return float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
+    grads = [p.grad for p in parameters if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads))

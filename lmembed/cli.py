@@ -82,6 +82,12 @@ class ExportOptions:
         "or int8-block (blocks of 32, MatMulNBits: for models whose activations "
         "have outliers, e.g. Gemma-3); every int8 graph is checked against torch",
     )
+    results: list[str] = option(
+        [],
+        "an `lmembed eval --output` JSON whose scores the model card (README.md) reports "
+        "(repeatable)",
+        repeat=True,
+    )
 
 
 @dataclass
@@ -98,6 +104,9 @@ class DemoOptions:
         "the 30-minute recipe (configs/gemma-3-270m-cpu-best.yaml) scored on all nine STS tasks",
     )
     model: str = option("gemma-3-270m", "model to fine-tune")
+    report_to: list[str] = option(
+        ["jsonl"], "trackers for the training run, as `lmembed train --report-to` takes them"
+    )
 
 
 @dataclass
@@ -296,6 +305,7 @@ def cmd_export(spec: dict[str, Any], options: ExportOptions, args: argparse.Name
         options.overwrite,
         quantize=options.quantize,
         normalize=options.normalize,
+        results=options.results,
         **spec,
     )
     print(f"wrote {options.format} export to {output}")

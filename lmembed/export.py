@@ -14,6 +14,10 @@
   IR), optionally with int8 weights (``quantize="int8"``), plus the tokenizer, the config and
   ``lmembed.json`` marked with the backend; ``lmembed.backends.load_encoder`` runs it with
   ``Embedder``'s own tokenization and pooling (see ``lmembed.backends.onnx``).
+
+Every format gets a model card (``README.md``, ``lmembed.model_card``): the base model, the
+embedding recipe, the training run's options, data and evaluations, ``results`` files'
+scores, and how to use the folder.
 """
 
 from __future__ import annotations
@@ -22,13 +26,15 @@ import json
 import logging
 import shutil
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from lmembed.io import atomic_directory, atomic_write_json, atomic_write_text
+from lmembed.io import atomic_directory, atomic_write_json
 from lmembed.model.embedder import Embedder
 from lmembed.model.loading import DTYPES
 from lmembed.model.spec import SPEC_FILE, EmbeddingSpec, resolve_spec
+from lmembed.model_card import origin, read_results, write_card
 
 logger = logging.getLogger("lmembed")
 
@@ -60,6 +66,7 @@ def export(
     overwrite: bool = False,
     quantize: Quantize | None = None,
     normalize: bool = True,
+    results: Sequence[str | Path] = (),
     **spec_options: Any,
 ) -> Path:
     """Write the embedder ``spec_options`` describe to ``output`` as ``kind``; returns it.
@@ -72,6 +79,7 @@ def export(
     whatever ``dtype`` says; ``quantize`` stores their weights in int8 (``Quantize``).
     ``normalize`` (sentence-transformers): end with a Normalize module, so ``encode``
     returns unit vectors as ``lmembed encode`` and the server do by default.
+    ``results``: ``lmembed eval --output`` files whose scores the model card reports.
     """
     if kind not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {kind!r}")
@@ -83,8 +91,11 @@ def export(
     output = Path(output)
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise FileExistsError(f"{output} exists and is not empty; pass --overwrite to replace it")
+    for path in results:
+        read_results(path)  # fail before loading the model
     if kind == "adapter":
-        return _copy_adapter(spec_options.get("adapter"), spec_options.get("model"), output)
+        adapter, model = spec_options.get("adapter"), spec_options.get("model")
+        return _copy_adapter(adapter, model, output, results)
     spec = resolve_spec(spec_options)
     if spec.attention != "causal" and kind != "merged":
         raise ExportError(
@@ -96,15 +107,17 @@ def export(
     embedder = Embedder.from_spec(spec.replace(dtype="fp32"))  # merges LoRA in fp32
     if kind in RUNTIME_FORMATS:
         embedder.spec = spec.replace(dtype="fp32")
-        return _write_runtime(embedder, output, kind, quantize)
+        return _write_runtime(embedder, output, kind, quantize, results)
     embedder.model.to(DTYPES[spec.dtype])
     embedder.spec = spec
     if kind == "merged":
-        return _write_merged(embedder, output)
-    return _write_sentence_transformers(embedder, output, normalize)
+        return _write_merged(embedder, output, results)
+    return _write_sentence_transformers(embedder, output, normalize, results)
 
 
-def _copy_adapter(adapter: str | Path | None, model: str | None, output: Path) -> Path:
+def _copy_adapter(
+    adapter: str | Path | None, model: str | None, output: Path, results: Sequence[str | Path]
+) -> Path:
     """The adapter's own files (not a run's checkpoint/ and logs); ``model`` re-points it."""
     if adapter is None:
         raise ExportError(
@@ -115,15 +128,25 @@ def _copy_adapter(adapter: str | Path | None, model: str | None, output: Path) -
     files = [source / name for name in ADAPTER_FILES if (source / name).is_file()]
     if not any(f.name.startswith("adapter_model") for f in files):
         raise ExportError(f"{source} has no adapter_model.safetensors: not a trained adapter")
+    if model is not None:
+        spec = spec.replace(model=model)
     with atomic_directory(output) as tmp:
         for path in files:
             shutil.copy2(path, tmp / path.name)
         if model is not None:
-            spec.replace(model=model).save(tmp)
+            spec.save(tmp)
+        write_card(tmp, spec, run=source, results=results, export_format="adapter")
     return output
 
 
-def _write_merged(embedder: Embedder, output: Path) -> Path:
+def _write_card(
+    folder: Path, spec: EmbeddingSpec, kind: str, results: Sequence[str | Path], **options: Any
+) -> None:
+    """The card of ``spec`` (the model exported, not the folder's own record of it)."""
+    write_card(folder, spec, run=origin(spec)[1], results=results, export_format=kind, **options)
+
+
+def _write_merged(embedder: Embedder, output: Path, results: Sequence[str | Path]) -> Path:
     """Transformers folder + the spec; the spec's ``model`` is the folder itself."""
     source = {"model": embedder.spec.model, "adapter": embedder.spec.adapter}
     spec = embedder.spec.replace(model=str(output.resolve()), adapter=None)
@@ -131,10 +154,17 @@ def _write_merged(embedder: Embedder, output: Path) -> Path:
         embedder.model.save_pretrained(tmp)
         embedder.tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / SPEC_FILE, {**spec.to_dict(), "merged_from": source})
+        _write_card(tmp, embedder.spec, "merged", results)
     return output
 
 
-def _write_runtime(embedder: Embedder, output: Path, kind: str, quantize: Quantize | None) -> Path:
+def _write_runtime(
+    embedder: Embedder,
+    output: Path,
+    kind: str,
+    quantize: Quantize | None,
+    results: Sequence[str | Path],
+) -> Path:
     """The checked graph (ONNX, or OpenVINO IR), tokenizer, config and the marked spec."""
     from lmembed.backends.onnx import ONNX_FILE, export_onnx, onnx_metadata
 
@@ -152,6 +182,7 @@ def _write_runtime(embedder: Embedder, output: Path, kind: str, quantize: Quanti
         graph = onnx_metadata(quantize, agreement)
         marker = {"backend": kind, "graph": graph, "exported_from": source}
         atomic_write_json(tmp / SPEC_FILE, {**spec.to_dict(), **marker})
+        _write_card(tmp, embedder.spec, kind, results, quantize=quantize)
     logger.info("%s export: lowest token cosine against torch %.6f", kind, agreement)
     return output
 
@@ -190,7 +221,9 @@ def st_prompts(spec: EmbeddingSpec) -> tuple[dict[str, str], str | None, str]:
     return prompts, default if symmetric[0] else None, suffixes.pop()
 
 
-def _write_sentence_transformers(embedder: Embedder, output: Path, normalize: bool) -> Path:
+def _write_sentence_transformers(
+    embedder: Embedder, output: Path, normalize: bool, results: Sequence[str | Path]
+) -> Path:
     """Merged weights, the rewritten tokenizer and sentence-transformers' configs.
 
     No ``lmembed.json`` here: ``Embedder`` would apply the prompt suffix and EOS a
@@ -203,35 +236,8 @@ def _write_sentence_transformers(embedder: Embedder, output: Path, normalize: bo
         embedder.tokenizer.save_pretrained(tmp)
         _rewrite_tokenizer(tmp, embedder, suffix)
         _write_st_config(tmp, embedder.dimension, spec, prompts, default, normalize)
-        atomic_write_text(tmp / "README.md", _st_readme(spec))
+        _write_card(tmp, spec, "sentence-transformers", results)
     return output
-
-
-def _st_readme(spec: EmbeddingSpec) -> str:
-    return (
-        "# Sentence embedding model exported by lmembed\n\n"
-        f"- base model: `{spec.model}`\n- adapter (merged in): `{spec.adapter}`\n"
-        f"- prompt template: `{spec.prompt}`\n- pooling: {ST_POOLING[spec.pooling]}\n"
-        f"- max tokens (EOS included): {spec.max_length}\n- weights: {spec.dtype}\n\n"
-        "```python\nfrom sentence_transformers import SentenceTransformer\n\n"
-        'model = SentenceTransformer("path/to/this/folder")\n'
-        'vectors = model.encode(["A man plays guitar."])\n```\n\n'
-        "The tokenizer appends EOS itself and inserts the text after `{s}` in the prompt; "
-        "the text before `{s}` is the default sentence-transformers prompt (passing another "
-        "`prompt` replaces it).\n" + _matryoshka_readme(spec)
-    )
-
-
-def _matryoshka_readme(spec: EmbeddingSpec) -> str:
-    """The trained Matryoshka sizes and how sentence-transformers users truncate to one."""
-    if not spec.matryoshka_dims:
-        return ""
-    dims = ", ".join(map(str, spec.matryoshka_dims))
-    smallest = min(spec.matryoshka_dims)
-    return (
-        f"\nMatryoshka dims (trained to work truncated): {dims}. Load with "
-        f'`SentenceTransformer("path/to/this/folder", truncate_dim={smallest})`.\n'
-    )
 
 
 def _rewrite_tokenizer(folder: Path, embedder: Embedder, suffix: str) -> None:

@@ -36,6 +36,21 @@ def triplets_csv(tmp_path) -> Path:
     return path
 
 
+@pytest.fixture
+def sts_tsv(tmp_path) -> Path:
+    """A small STS file in the tiny models' vocabulary (a custom eval task), gold 0-5."""
+    subjects = ["a man", "a woman", "the dog", "the cat", "two children", "three people"]
+    actions = ["is sitting", "is running", "is eating", "is playing", "is walking"]
+    rows = ["sentence1\tsentence2\tscore"]
+    for i in range(30):
+        s, a = subjects[i % 6], actions[i % 5]
+        other = actions[(i + i // 5) % 5]
+        rows.append(f"{s} {a} .\t{subjects[(i * 7) % 6]} {other} .\t{(i * 37) % 6}")
+    path = tmp_path / "dev.tsv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread(request):
     """Tiny models gain nothing from threads, and on a busy 2-core machine two threads

@@ -209,7 +209,9 @@ def save_adapter(model: PeftModel, spec: EmbeddingSpec, folder: str | Path) -> N
     """Write the peft adapter and lmembed's spec into ``folder``, file by file atomically.
 
     ``folder`` may hold other things (a training run's log and checkpoint), so it
-    is not replaced whole; the spec is moved in last.
+    is not replaced whole; the spec is moved in last. peft's README.md (an empty
+    template naming the base by its local path) stays out: the caller writes the
+    card (``lmembed.model_card.write_card``), which a later save must not replace.
     """
     if not isinstance(model, PeftModel):
         raise TypeError("save_adapter needs a model with LoRA attached")
@@ -217,6 +219,7 @@ def save_adapter(model: PeftModel, spec: EmbeddingSpec, folder: str | Path) -> N
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".adapter.") as tmp:
         model.save_pretrained(tmp)
+        (Path(tmp) / "README.md").unlink(missing_ok=True)
         spec.replace(adapter=None).save(tmp)
         for path in sorted(Path(tmp).iterdir(), key=lambda p: p.name == SPEC_FILE):
             os.replace(path, folder / path.name)

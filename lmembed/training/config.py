@@ -98,7 +98,8 @@ class TrainConfig:
         "mlflow need lmembed[track]",
     )
     mlflow_uri: str | None = option(
-        None, "MLflow tracking URI for --report-to mlflow (default: a SQLite store in OUTPUT/mlruns)"
+        None,
+        "MLflow tracking URI for --report-to mlflow (default: a SQLite store in OUTPUT/mlruns)",
     )
     seed: int = option(42, "seed for data order, LoRA init and dropout")
     save_every: int = option(100, "checkpoint every N steps (0: only at the end)")

@@ -69,7 +69,9 @@ class EvalDuringTraining:
             raise ValueError("--keep-best needs evaluations to choose from: give --eval-every N")
         if self.early_stopping_patience is not None:
             if self.keep_best is None:
-                raise ValueError("--early-stopping-patience needs the metric it watches: --keep-best")
+                raise ValueError(
+                    "--early-stopping-patience needs the metric it watches: --keep-best"
+                )
             if self.early_stopping_patience < 1:
                 raise ValueError(
                     f"early_stopping_patience must be at least 1, got "
@@ -132,7 +134,9 @@ class DevEvaluator:
             metrics[name], metrics[f"{name}/pearson"] = score.spearman, score.pearson
         for name, task in self.retrieval.items():
             # No corpus cache: the weights change between evaluations, the spec does not.
-            found = score_retrieval_task(embedder, task, self.batch_size, cache=False, progress=False)
+            found = score_retrieval_task(
+                embedder, task, self.batch_size, cache=False, progress=False
+            )
             for metric, value in found.metrics.items():
                 metrics[name if metric == RETRIEVAL_MAIN else f"{name}/{metric}"] = value
         return metrics
@@ -192,7 +196,11 @@ class BestTracker:
         """``best.json``: which step won and its score."""
         if self.best is None:
             return None
-        return {"metric": self.metric, "step": self.best.step, "score": self.best.metrics[self.metric]}
+        return {
+            "metric": self.metric,
+            "step": self.best.step,
+            "score": self.best.metrics[self.metric],
+        }
 
 
 def timed(scorer: Scorer, embedder: Embedder, step: int) -> Evaluation:

@@ -17,7 +17,14 @@ from lmembed.model.embedder import Embedder
 from lmembed.training.averaging import ExponentialAverage
 from lmembed.training.config import TrainConfig
 from lmembed.training.distributed import Distributed, broadcast_flag
-from lmembed.training.evaluator import BestTracker, DevEvaluator, Evaluation, Scorer, metric_key, timed
+from lmembed.training.evaluator import (
+    BestTracker,
+    DevEvaluator,
+    Evaluation,
+    Scorer,
+    metric_key,
+    timed,
+)
 from lmembed.training.faults import fault_point
 from lmembed.training.run_dir import MetricsLog, RunDir
 from lmembed.training.trackers import Tracker, build_trackers
@@ -76,9 +83,7 @@ class RunMonitor:
     def due(self, step: int, last_step: int) -> bool:
         return self.options.due(step, last_step)
 
-    def evaluate(
-        self, step: int, embedder: Embedder, average: ExponentialAverage | None
-    ) -> bool:
+    def evaluate(self, step: int, embedder: Embedder, average: ExponentialAverage | None) -> bool:
         """Score the weights the run would save (the average, with one); keep a new best.
         Returns whether early stopping ends the run here (on every rank)."""
         if self.job.is_main:
@@ -108,16 +113,17 @@ class RunMonitor:
         return self.best.add(evaluation)
 
     def describe(self, width: int = 3) -> str:
-        """The last evaluation's first metrics, for the log line and the progress bar."""
+        """The last evaluation's first metrics, for the log line."""
         shown = list(self.last_scores.items())[:width]
         return ", ".join(f"{name} {value:.2f}" for name, value in shown)
 
     def postfix_score(self) -> dict[str, str]:
-        """The watched (or first) metric's last score, for the progress bar."""
+        """The watched (or first) metric's last score, for the progress bar (a long name,
+        such as a file's path, shows as ``eval``; the log line names it)."""
         if not self.last_scores:
             return {}
         name = self.best.metric or next(iter(self.last_scores))
-        return {name: f"{self.last_scores[name]:.2f}"}
+        return {name if len(name) <= 24 else "eval": f"{self.last_scores[name]:.2f}"}
 
     def finish(self) -> None:
         for tracker in self.trackers:

@@ -85,7 +85,7 @@ def _require(module: str, tracker: str) -> Any:
 
 
 class TensorBoard:
-    """Event files TensorBoard reads (``tensorboard --logdir runs/``), with the config as hparams."""
+    """Event files for ``tensorboard --logdir runs/``, with the flat config as hparams."""
 
     def __init__(
         self, folder: Path, params: dict[str, Any], start: int, eval_metrics: Sequence[str]

@@ -9,6 +9,7 @@ from tiny_models import SHARED_DATA, require_shared
 
 from lmembed.experiments.demo import demo_config, run_demo
 from lmembed.training.config import load_config
+from lmembed.training.run_dir import RunDir
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -18,6 +19,7 @@ def test_demo_writes_report_with_before_after_and_baseline(tiny_llama, sts_dir, 
     data = tmp_path / "data"
     shutil.copytree(sts_dir, data)
     shutil.copy(data / "sts" / "biosses.tsv", data / "sts" / "sts17_en-en.tsv")
+    shutil.copy(data / "sts" / "stsb_test.tsv", data / "sts" / "stsb_dev.tsv")
     (data / "nli").mkdir()
     # Under the name of the full SimCSE file, which the demo prefers when present.
     shutil.copy(nli_csv, data / "nli" / "nli_for_simcse.csv")
@@ -41,6 +43,10 @@ def test_demo_writes_report_with_before_after_and_baseline(tiny_llama, sts_dir, 
     searched = json.loads((tmp_path / "demo" / "after-retrieval.json").read_text())
     assert searched["tasks"]["stsb-paraphrase-mini"]["documents"] == 1500
     assert "## Retrieval (stsb-paraphrase-mini)" in text and "ndcg@10" in text.lower()
+    curve = [e["step"] for e in RunDir(tmp_path / "demo" / "adapter").evaluations()]
+    assert curve == [0, 2], "STSb dev before training and at the end"
+    assert "| 2 | " in text.split("## During training")[1]
+    assert "(adapter/report.png)" in text and (tmp_path / "demo/adapter/report.png").is_file()
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,8 @@ at named points (``lmembed.training.faults``: forward, backward, optimizer step,
 between checkpoint files, between the checkpoint swap's two renames) and by timers
 at random delays. Each kill is followed by ``--resume``, itself possibly killed,
 until a run finishes; every finished adapter must equal the uninterrupted run's.
+With ``--eval-every``/``--keep-best``, kills inside an evaluation and between a new
+best's adapter and its record end on the same best adapter, final adapter and best step.
 Also: a 2-process ``torchrun`` killed mid-step on one rank, a full disk during a
 checkpoint write, and ``--resume`` without a checkpoint.
 """
@@ -39,6 +41,7 @@ SEED = 15
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "0"}
 FLAGS = ("model", "data", "output", "steps", "batch_size", "lr", "warmup", "dtype", "save_every",
          "seed")  # fmt: skip
+EVAL_FLAGS = ("eval_tasks", "eval_every", "keep_best")
 
 
 def _config(model: Path, data: Path, output: Path) -> TrainConfig:
@@ -52,7 +55,7 @@ def _config(model: Path, data: Path, output: Path) -> TrainConfig:
 def _command(config: TrainConfig, launcher: list[str], resume: bool) -> list[str]:
     values = config.to_dict()
     flags = []
-    for key in FLAGS:
+    for key in FLAGS + (EVAL_FLAGS if values["keep_best"] else ()):
         value = values[key][0] if isinstance(values[key], list) else values[key]
         flags.append(f"--{key.replace('_', '-')}={value}")
     return [*launcher, "-m", "lmembed", "train", *flags, *(["--resume"] if resume else [])]
@@ -148,6 +151,36 @@ def test_sigkill_anywhere_then_resume_ends_bit_identical(tiny_llama, data, tmp_p
         finished += 1
     print(f"{sum(landed.values())} kills in {finished} chains, all bit-identical: {dict(landed)}")
     assert set(NAMED) <= set(landed), f"seed {SEED} missed a point: {dict(landed)}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["evaluate:3", "evaluate:6", "best_save:1", "timer"])
+def test_kill_during_evaluation_then_resume_keeps_the_same_best(
+    tiny_llama, data, sts_tsv, tmp_path, fault
+):
+    """Evaluated after every step; a kill inside the 3rd or the final evaluation (scored,
+    not yet logged), between the first best's adapter and its best.json, or at a random
+    moment, then --resume."""
+    watched = dict(eval_tasks=str(sts_tsv), eval_every=1, keep_best=str(sts_tsv))
+    straight = _config(tiny_llama, data, tmp_path / "straight").replace(**watched)
+    began = time.perf_counter()
+    code, stderr = _run(_command(straight, [sys.executable], resume=False), Fault(None))
+    assert code == 0, stderr[-3000:]
+    point, _, count = fault.partition(":")
+    seconds = time.perf_counter() - began
+    delay = random.Random(SEED).uniform(0.3, 0.9) * seconds
+    planned = Fault(point, int(count)) if count else Fault(None, delay=delay)
+    run = RunDir(tmp_path / "killed")
+    config = straight.replace(output=str(run.path))
+    code, stderr = _run(_command(config, [sys.executable], resume=False), planned)
+    assert code == -signal.SIGKILL, f"{fault} did not land: {stderr[-3000:]}"
+    code, stderr = _run(_command(config, [sys.executable], resume=True), Fault(None))
+    assert code == 0, stderr[-3000:]
+    expected = RunDir(straight.output)
+    assert run.best() == expected.best() and run.best()["step"] < STEPS, run.best()
+    assert _adapter(run.path) == _adapter(expected.path)
+    assert _adapter(run.last) == _adapter(expected.last)
+    assert [r["step"] for r in run.evaluations()] == list(range(1, STEPS + 1))
 
 
 @pytest.mark.slow

@@ -5,6 +5,8 @@ sequence gives the best-step logic teeth."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,21 +34,6 @@ def _adapter(folder: Path) -> dict[str, bytes]:
     return {name: t.numpy().tobytes() for name, t in tensors.items()}
 
 
-@pytest.fixture
-def sts_file(tmp_path) -> Path:
-    """A small STS file in the tiny models' vocabulary (a custom eval task)."""
-    subjects = ["a man", "a woman", "the dog", "the cat", "two children", "three people"]
-    actions = ["is sitting", "is running", "is eating", "is playing", "is walking"]
-    rows = ["sentence1\tsentence2\tscore"]
-    for i in range(30):
-        s, a = subjects[i % 6], actions[i % 5]
-        other = actions[(i + i // 5) % 5]
-        rows.append(f"{s} {a} .\t{subjects[(i * 7) % 6]} {other} .\t{(i * 37) % 6}")
-    path = tmp_path / "dev.tsv"
-    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return path
-
-
 class KnownScores:
     """Returns a fixed score sequence and snapshots the LoRA weights it was shown."""
 
@@ -60,16 +47,16 @@ class KnownScores:
         return {"dev": score, "dev/pearson": -score}
 
 
-def test_evaluating_leaves_the_adapter_bit_identical(tiny_llama, triplets_csv, sts_file, tmp_path):
+def test_evaluating_leaves_the_adapter_bit_identical(tiny_llama, triplets_csv, sts_tsv, tmp_path):
     plain = train(_config(tiny_llama, triplets_csv, tmp_path / "plain"))
     watched = train(
-        _config(tiny_llama, triplets_csv, tmp_path / "watched", eval_tasks=str(sts_file),
+        _config(tiny_llama, triplets_csv, tmp_path / "watched", eval_tasks=str(sts_tsv),
                 eval_every=2, eval_at_start=True)
     )  # fmt: skip
     assert _adapter(plain.output) == _adapter(watched.output)
     records = RunDir(watched.output).evaluations()
     assert [r["step"] for r in records] == [0, 2, 4, 6, 8]
-    assert set(records[0]["metrics"]) == {str(sts_file), f"{sts_file}/pearson"}
+    assert set(records[0]["metrics"]) == {str(sts_tsv), f"{sts_tsv}/pearson"}
     assert records[0]["metrics"] != records[-1]["metrics"], "training changed no score"
     assert watched.eval_seconds > 0 and watched.last_scores == records[-1]["metrics"]
     logged = RunDir(plain.output).metrics()
@@ -91,7 +78,9 @@ def test_evaluation_with_weight_averaging_scores_the_average_and_changes_nothing
     assert scorer.seen[-1] == _adapter(run.path)  # evaluations score the average
 
 
-@pytest.mark.parametrize("scores, best_step", [([1, 5, 3, 4], 4), ([2, 3, 3, 1], 4), ([2, 2, 1, 3], 8)])
+@pytest.mark.parametrize(
+    "scores, best_step", [([1, 5, 3, 4], 4), ([2, 3, 3, 1], 4), ([2, 2, 1, 3], 8)]
+)
 def test_keep_best_keeps_the_highest_scoring_step(
     tiny_llama, triplets_csv, tmp_path, scores, best_step
 ):
@@ -228,3 +217,33 @@ def test_trackers_get_nothing_but_their_files(tiny_llama, triplets_csv, tmp_path
     names = {p.name for p in Path(result.output).iterdir()}
     assert not {"tensorboard", "mlruns"} & names
     assert {"log.jsonl", "report.md", "report.png", "data.json", "train_config.json"} <= names
+
+
+def _torchrun(config: TrainConfig) -> None:
+    flags = [
+        f"--{key.replace('_', '-')}={value[0] if isinstance(value, list) else value}"
+        for key, value in config.to_dict().items()
+        if key in ("model", "data", "output", "steps", "batch_size", "lr", "warmup", "dtype",
+                   "save_every", "seed", "eval_tasks", "eval_every", "keep_best")
+        and value is not None
+    ]  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", "-m", "lmembed", "train", *flags]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_under_torchrun_rank_0_evaluates_and_the_adapter_is_unchanged(
+    tiny_llama, triplets_csv, sts_tsv, tmp_path
+):
+    plain = _config(tiny_llama, triplets_csv, tmp_path / "plain", steps=4, save_every=2)
+    watched = plain.replace(output=str(tmp_path / "watched"), eval_tasks=str(sts_tsv),
+                            eval_every=2, keep_best=str(sts_tsv))  # fmt: skip
+    _torchrun(plain)
+    _torchrun(watched)
+    run = RunDir(watched.output)
+    assert [r["step"] for r in run.evaluations()] == [2, 4]  # one writer
+    assert run.best()["step"] in (2, 4)
+    assert _adapter(run.last) == _adapter(Path(plain.output))

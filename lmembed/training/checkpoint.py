@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,12 @@ RESUME_MUST_MATCH = (
     "keep_best",
     "early_stopping_patience",
 )
+
+
+# What training.pt may hold besides tensors and plain values: numpy's RNG state (an array
+# of uint32). Loading allows nothing else, so a checkpoint folder from elsewhere cannot
+# run code on --resume.
+SAFE_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 class CheckpointWriteError(OSError):
@@ -160,7 +168,7 @@ class TrainingState:
                 "resume with the options it was written with, or train into another --output"
             )
         set_peft_model_state_dict(self.model, load_file(str(folder / "adapter.safetensors")))
-        training = torch.load(folder / "training.pt", weights_only=False)
+        training = load_training_file(folder / "training.pt")
         self.optimizer.load_state_dict(training["optimizer"])
         self.scheduler.load_state_dict(training["scheduler"])
         set_rng_states(training["rng"][rank])
@@ -169,6 +177,21 @@ class TrainingState:
         if self.loss is not None and training.get("loss") is not None:
             self.loss.load_state_dict(training["loss"])
         return int(state["step"])
+
+
+def load_training_file(path: Path) -> dict[str, Any]:
+    """``training.pt`` with ``weights_only=True`` and only ``SAFE_GLOBALS`` allowed."""
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        what = found.group(1) if found else "an object weights_only loading does not allow"
+        raise ValueError(
+            f"{path}: refused to load: it holds {what}, beyond the tensors and plain values "
+            "a checkpoint needs, and loading it could run code; resume only checkpoints "
+            "lmembed wrote"
+        ) from None
 
 
 def find_checkpoint(folder: str | Path) -> Path:

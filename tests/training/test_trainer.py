@@ -180,6 +180,32 @@ def test_weight_average_is_the_bias_corrected_ema_of_each_steps_weights(
     assert Embedder.from_pretrained(adapter=tmp_path / "ema" / "last-step").spec.model
 
 
+class _RunsCode:
+    """A pickle that runs code when loaded (``os.system``) if unpickling allows it."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tiny_llama, triplets_csv, tmp_path):
+    config = _config(tiny_llama, triplets_csv, tmp_path / "run", steps=4, save_every=2)
+    train(config)
+    training = tmp_path / "run" / "checkpoint" / "training.pt"
+    state = torch.load(training, weights_only=False)  # ours: plain values, tensors, numpy RNG
+    marker = tmp_path / "code-ran"
+    torch.save({**state, "payload": _RunsCode(marker)}, training)
+    with pytest.raises(ValueError, match=r"training.pt: refused to load: it holds posix.system"):
+        train(config.replace(resume=True, steps=4))
+    assert not marker.exists(), "the payload ran"
+    torch.save(state, training)  # the checkpoint as lmembed wrote it loads
+    train(config.replace(resume=True))
+
+
 def test_resume_refuses_changed_options(tiny_llama, triplets_csv, tmp_path):
     config = _config(tiny_llama, triplets_csv, tmp_path / "run", steps=2)
     train(config)

@@ -34,11 +34,10 @@ RETRIEVAL_TASK = "stsb-paraphrase-mini"
 
 
 # The paper's loss with a higher lr for short CPU runs and LoRA on every linear layer, which
-# costs 1.6x per step: 64 steps take what 100 q/v-only steps do, 140 what 220 do.
+# costs more per step: 64 steps take what 100 q/v-only steps do, 140 what 220 do.
 # configs/gemma-3-270m-cpu.yaml and configs/gemma-3-270m-cpu-best.yaml hold the same
-# options (tests/experiments/test_demo.py).
-# Both score STSb dev before training and every 16/20 steps, for the report's curve
-# (evaluations leave the adapter bit-identical).
+# options (tests/experiments/test_demo.py). Both score STSb dev before training and every
+# 16/20 steps, for the report's curve (evaluations leave the adapter bit-identical).
 DEMO_RECIPE: dict[str, Any] = {
     "steps": 64, "batch_size": 32, "lr": 5e-4, "warmup": 10, "save_every": 25,
     "lora_targets": ["all-linear"], "eval_every": 16, "eval_at_start": True,

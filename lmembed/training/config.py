@@ -74,19 +74,16 @@ class TrainConfig:
     lora: LoraOptions = nested(LoraOptions, prefix="lora", help="the LoRA adapter")
     compile: bool = option(
         False,
-        "torch.compile the backbone (inductor, dynamic shapes): 1.12–1.18x faster steps on "
-        "2-core CPUs in fp32 after 6–12 minutes of compiling, 1.07–1.33x in bf16 on a "
-        "native-bf16 CPU after 4.5 minutes (docs/benchmarks.md), so it pays off from about "
-        "100-300 steps; "
-        "needs a C++ compiler. Dropout masks then come from inductor's "
-        "generator: same distribution, not the eager run's draws",
+        "torch.compile the backbone (inductor, dynamic shapes): fuses the elementwise work "
+        "between matmuls after minutes of compiling, so it pays off only on long runs "
+        "(measurements: docs/benchmarks.md); needs a C++ compiler. Dropout masks then come "
+        "from inductor's generator: same distribution, not the eager run's draws",
     )
     attn_implementation: Literal["auto", "sdpa", "eager"] = option(
         "auto",
-        "the backbone's attention kernel while training (the same math): eager runs the demo "
-        "1.07x faster in bf16 on a native-bf16 2-core CPU (step and whole run), 0.99x per "
-        "step in fp32 (docs/benchmarks.md); auto: eager when training in bf16 on a CPU, else "
-        "the kernel transformers loads (sdpa)",
+        "the backbone's attention kernel while training (the same math); auto: eager when "
+        "training in bf16 on a CPU, where it measured faster for short texts "
+        "(docs/benchmarks.md), else the kernel transformers loads (sdpa)",
     )
     evaluation: EvalDuringTraining = nested(
         EvalDuringTraining, prefix="", help="scoring while training, the best step, early stopping"

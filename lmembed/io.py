@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from lmembed.faults import fault_point
+
 
 def _default_mode(is_dir: bool) -> int:
     """Permissions a plain open()/mkdir() would give (temp files default to 0600)."""
@@ -125,9 +127,6 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
 
 def _swap_in(new: Path, path: Path) -> None:
     """Rename ``new`` to ``path``, keeping a complete folder on disk at every instant."""
-    # Imported here: lmembed.training's __init__ imports modules that import io.
-    from lmembed.training.faults import fault_point
-
     old = _previous(path)
     if path.is_dir():
         shutil.rmtree(old, ignore_errors=True)

@@ -27,9 +27,9 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 
+from lmembed.faults import fault_point
 from lmembed.io import atomic_directory, committed_directory, remove_partial_writes
 from lmembed.training.averaging import ExponentialAverage
-from lmembed.training.faults import fault_point
 
 STATE_FILE = "trainer_state.json"
 # Options that change what a step computes; resuming with different values would

@@ -12,6 +12,7 @@ import logging
 from contextlib import nullcontext
 from typing import Any
 
+from lmembed.faults import fault_point
 from lmembed.io import atomic_write_json
 from lmembed.model.embedder import Embedder
 from lmembed.training.averaging import ExponentialAverage
@@ -25,7 +26,6 @@ from lmembed.training.evaluator import (
     metric_key,
     timed,
 )
-from lmembed.training.faults import fault_point
 from lmembed.training.run_dir import MetricsLog, RunDir
 from lmembed.training.trackers import Tracker, build_trackers
 

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from lmembed.data.training import Batch, TrainingData, load_training_data
+from lmembed.faults import fault_point
 from lmembed.io import atomic_write_json
 from lmembed.losses import InfoNCELoss, build_loss
 from lmembed.model.embedder import Embedder
@@ -39,7 +40,6 @@ from lmembed.training.distributed import (
     seed_dropout,
 )
 from lmembed.training.evaluator import Scorer
-from lmembed.training.faults import fault_point
 from lmembed.training.gradcache import grad_cache_backward
 from lmembed.training.monitor import RunMonitor
 from lmembed.training.report import write_run_report

@@ -1,7 +1,7 @@
 """Kill training anywhere with SIGKILL; ``--resume`` always ends on the same adapter, bit for bit.
 
 Real ``python -m lmembed train`` processes are killed at seeded-random moments:
-at named points (``lmembed.training.faults``: forward, backward, optimizer step,
+at named points (``lmembed.faults``: forward, backward, optimizer step,
 between checkpoint files, between the checkpoint swap's two renames) and by timers
 at random delays. Each kill is followed by ``--resume``, itself possibly killed,
 until a run finishes; every finished adapter must equal the uninterrupted run's.

@@ -113,15 +113,17 @@ def save_adapters(
     """The trained adapter; with weight averaging, the average there and the last step's
     weights in ``last-step/`` (so one run gives both to compare on a dev set). With
     ``--keep-best`` the folder already holds the best step's and the final one goes to
-    ``last/``. Every adapter folder gets a model card."""
+    ``last/``. Every adapter folder gets a model card; the run's (its recipe and scores)
+    goes with the folder's own adapter, the others' describe the embedding alone."""
     final = run.last if keep_best else run.path
     if average is not None:
         embedder.save_adapter(run.last_step)
-        write_card(run.last_step, embedder.spec, run.path)
+        write_card(run.last_step, embedder.spec)
     with average.applied() if average is not None else nullcontext():
         embedder.save_adapter(final)
-    for folder in {final, run.path}:
-        write_card(folder, embedder.spec, run.path)
+    write_card(run.path, embedder.spec, run.path)
+    if keep_best:
+        write_card(run.last, embedder.spec)
 
 
 def build_optimizer(

@@ -8,8 +8,9 @@ of a large square product and the model's MLP shape); (3) encoding the STSb test
 sentences in batches of 32; (4) ``torch.profiler`` over training steps: operator self
 time grouped into matmuls (base and LoRA), attention, casts and copies, other kernels,
 plus the optimizer, tokenization and the Python around them; (5) the training steps again
-with the options that won in ``bench/bench_step_options.py`` (``--fast-options``), the
-fraction of peak after the kept optimisations.
+with the options (``--fast-options``) and the ``bench/lora_candidates.py`` candidates
+(``--fast-changes``) that won in ``bench/bench_step_options.py``: the fraction of peak
+after those optimisations.
 
 Model FLOPs per token (stated, not measured): with ``N`` the base's linear-layer weights
 (embeddings excluded; the tied output head is not used for embeddings), ``L`` layers,
@@ -34,6 +35,7 @@ import argparse
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 
 import torch
 from common import (
@@ -45,11 +47,15 @@ from common import (
     save_result,
     table,
 )
+from lora_candidates import compute_in_base_dtype, use_fast_dropout
 
 HEADING = "Roofline"
-# The second training row: the options that keep the recipe and won in
+# Changes to the built embedder that the second training row may apply, by name.
+CHANGES = {"compute_in_base_dtype": compute_in_base_dtype, "use_fast_dropout": use_fast_dropout}
+# The second training row: the options and candidates that keep the recipe and won in
 # bench/bench_step_options.py on a native-bf16 CPU (docs/benchmarks.md).
-FAST_OPTIONS = ["compile", "lora_compute_in_base_dtype", "lora_fast_dropout"]
+FAST_OPTIONS = ["compile"]
+FAST_CHANGES = ["compute_in_base_dtype", "use_fast_dropout"]
 
 
 def matmul_gflops(shape: tuple[int, int, int], dtype: torch.dtype, seconds: float = 2.0) -> float:
@@ -109,10 +115,13 @@ def flops(shape: dict, real: int, attended: int, training: bool) -> float:
     return 2 * matmul + 3 * attention if training else matmul + attention
 
 
-def training_run(steps: int, options: list[str]) -> tuple[dict, object, object, dict]:
-    """Time ``steps`` demo-recipe steps with the boolean training ``options`` on (after
-    warm-up steps: one, or three when compiling); returns the figures and what the rest of
-    the run needs: the embedder, a step function and the model's shape."""
+def training_run(
+    steps: int, options: Sequence[str], changes: Sequence[str] = ()
+) -> tuple[dict, object, object, dict]:
+    """Time ``steps`` demo-recipe steps with the boolean training ``options`` on and the
+    ``changes`` (names in ``CHANGES``) applied to the built embedder (after warm-up steps:
+    one, or three when compiling); returns the figures and what the rest of the run needs:
+    the embedder, a step function and the model's shape."""
     from lmembed.data.training import load_training_data
     from lmembed.losses import build_loss
     from lmembed.training.distributed import Distributed
@@ -121,6 +130,8 @@ def training_run(steps: int, options: list[str]) -> tuple[dict, object, object, 
     config = demo_config().replace(**dict.fromkeys(options, True))
     data = load_training_data(config.dataset)
     embedder = build_embedder(config)
+    for name in changes:  # before the first step, so --compile traces the changed model
+        CHANGES[name](embedder)
     embedder.train()
     loss_fn = build_loss("infonce", 0.05, 0.2)
     trainable = [p for p in embedder.parameters() if p.requires_grad]
@@ -157,7 +168,8 @@ def training_run(steps: int, options: list[str]) -> tuple[dict, object, object, 
     figures = {"steps": steps, "step_s": [round(t, 3) for t in times], "median_step_s": median,
                "real_tokens_per_s": real / median, "padded_tokens_per_s": padded / median,
                "flops_per_s": flops(shape, real, attended, training=True) / median,
-               "triplets_per_s": config.batch_size / median, "options": options}  # fmt: skip
+               "triplets_per_s": config.batch_size / median, "options": options,
+               "changes": list(changes)}  # fmt: skip
     return figures, embedder, step, shape
 
 
@@ -243,7 +255,12 @@ def main() -> None:
     parser.add_argument("--profile-steps", type=int, default=2)
     parser.add_argument(
         "--fast-options", nargs="*", default=FAST_OPTIONS,
-        help="training options (booleans) of the second training row; none: skip it",
+        help="training options (booleans) of the second training row; none here and in "
+        "--fast-changes: skip it",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fast-changes", nargs="*", default=FAST_CHANGES, choices=sorted(CHANGES),
+        help="bench/lora_candidates.py changes applied in the second training row",
     )  # fmt: skip
     args = parser.parse_args()
 
@@ -251,7 +268,9 @@ def main() -> None:
     peak = peaks((32 * 16, shape["hidden"], shape["intermediate"]))
     encoding = encoding_run(embedder, shape)
     breakdown = profile(step, args.profile_steps)
-    fast = training_run(args.steps, args.fast_options)[0] if args.fast_options else None
+    fast = None
+    if args.fast_options or args.fast_changes:
+        fast = training_run(args.steps, args.fast_options, args.fast_changes)[0]
     dtype = embedder.spec.dtype
     result = {"environment": environment(), "model": embedder.spec.model, "dtype": dtype,
               "shape": shape, "peak_gflops": peak, "training": training,
@@ -260,9 +279,12 @@ def main() -> None:
     write_docs(result)
 
 
-def option_flags(options: list[str]) -> list[str]:
-    """``lora_fast_dropout`` -> ``--lora-fast-dropout``: the row names the flags it used."""
-    return [f"`--{name.replace('_', '-')}`" for name in options]
+def option_flags(options: Sequence[str], changes: Sequence[str] = ()) -> list[str]:
+    """``compile`` -> ``--compile``, ``use_fast_dropout`` -> ``use_fast_dropout()``: the row
+    names the flags it used and the bench/lora_candidates.py functions it applied."""
+    return [f"`--{name.replace('_', '-')}`" for name in options] + [
+        f"`{name}()`" for name in changes
+    ]
 
 
 def ceiling_text(result: dict, peak: float) -> str:
@@ -295,7 +317,9 @@ def write_docs(result: dict) -> None:
             continue
         achieved = run["flops_per_s"] / 1e9
         training = name != "encoding"
-        label = " ".join(["training", *option_flags(run["options"])]) if training else name
+        label = name
+        if training:  # earlier results have no "changes"
+            label = " ".join(["training", *option_flags(run["options"], run.get("changes", []))])
         rows.append([label, f"{run['median_step_s']:.2f}" if training else "",
                      f"{run['real_tokens_per_s']:.0f}", f"{run['padded_tokens_per_s']:.0f}",
                      f"{achieved:.0f}", f"{100 * achieved / peak:.0f}%"])  # fmt: skip

@@ -12,24 +12,28 @@ Candidates (issue 17):
 * ``torch.compile``: ``lmembed train --compile`` (inductor, dynamic shapes), so the
   elementwise kernels around the matmuls (norms, GELU, residuals, LoRA scaling) can fuse;
 * ``no LoRA dropout`` (measurement only: it changes the recipe): what dropout's masks cost;
-* ``fast LoRA dropout``: ``--lora-fast-dropout``, masks from 15-bit random lanes
-  (``FastDropout``), four elements per 64-bit draw instead of one Bernoulli draw each;
+* ``fast LoRA dropout``: ``use_fast_dropout`` (``bench/lora_candidates.py``), masks from
+  15-bit random lanes (``FastDropout``), four elements per 64-bit draw instead of one
+  Bernoulli draw each;
 * ``packed texts``: each pass's texts side by side in rows as long as the longest one,
   with a block-diagonal mask (``bench/packing.py``), instead of padded rows;
 * ``LoRA on the top 9 layers`` (measurement only: it changes the recipe):
   ``--lora-top-layers 9``, so the backward pass stops halfway down (issue 14 asks whether
   the extra steps that buys beat the full adapter);
-* ``LoRA in the base dtype``: ``--lora-compute-in-base-dtype``, the adapter computed in
-  bf16 on a bf16 base, so no adapted layer casts its activations to fp32 and back (only on
-  CPUs where ``--dtype auto`` picks bf16; elsewhere it is the current step);
+* ``LoRA in the base dtype``: ``compute_in_base_dtype`` (``bench/lora_candidates.py``),
+  the adapter computed in bf16 on a bf16 base, so no adapted layer casts its activations to
+  fp32 and back (only on CPUs where ``--dtype auto`` picks bf16; elsewhere it is the
+  current step);
 * ``KV cache built (the step before 2026-12-02)``: the step between commit 798611a, which
   dropped ``use_cache=False`` from ``Embedder.forward``, and ``Embedder`` turning
   ``config.use_cache`` off: a KV cache built in every pass and never read; what it cost;
-* ``torch.compile + ...``: the options that keep the recipe, combined (``--compile
-  --lora-compute-in-base-dtype [--lora-fast-dropout]``): whether their gains add up.
+* ``torch.compile + ...``: the candidates that keep the recipe, combined (``--compile``
+  with ``compute_in_base_dtype`` [and ``use_fast_dropout``]): whether their gains add up.
 
-A candidate is a change to the built embedder, or a dict of options for a trainer built
-from another config.
+A candidate is a change to the built embedder (a function), a dict of options for a
+trainer built from another config, or a tuple of both: the trainer built from the dicts,
+then every function applied (before its first step, so ``--compile`` traces the changed
+model).
 
     flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_step_options.py
 
@@ -58,9 +62,8 @@ from common import (
     spread,
     table,
 )
+from lora_candidates import compute_in_base_dtype, use_fast_dropout
 from packing import use_packing
-
-from lmembed.model.lora import use_fast_dropout
 
 HEADING = "Training-step candidates"
 BASELINE = "current"
@@ -76,38 +79,37 @@ def kv_cache(embedder) -> None:
     embedder.model.config.use_cache = True
 
 
-def fast_dropout(embedder) -> None:
-    use_fast_dropout(embedder.model)
+Candidate = Callable | dict | tuple | None
 
-
-CANDIDATES: dict[str, Callable | dict | None] = {
+CANDIDATES: dict[str, Candidate] = {
     BASELINE: None,
     "KV cache built (the step before 2026-12-02)": kv_cache,
     "sdpa attention": {"attn_implementation": "sdpa"},
     "torch.compile": {"compile": True},
     "no LoRA dropout (measure only)": no_dropout,
-    "fast LoRA dropout": fast_dropout,
+    "fast LoRA dropout": use_fast_dropout,
     "packed texts": use_packing,
     "LoRA on the top 9 layers (measure only)": {"lora_top_layers": 9},
-    "LoRA in the base dtype": {"lora_compute_in_base_dtype": True},
-    "torch.compile + LoRA in the base dtype": {"compile": True, "lora_compute_in_base_dtype": True},
-    "torch.compile + base dtype + fast dropout": {
-        "compile": True,
-        "lora_compute_in_base_dtype": True,
-        "lora_fast_dropout": True,
-    },
+    "LoRA in the base dtype": compute_in_base_dtype,
+    "torch.compile + LoRA in the base dtype": ({"compile": True}, compute_in_base_dtype),
+    "torch.compile + base dtype + fast dropout": (
+        {"compile": True},
+        compute_in_base_dtype,
+        use_fast_dropout,
+    ),
 }
 
 
-def trainer(change: Callable | dict | None, config, loss_fn) -> Callable[[tuple], float]:
-    """A fresh demo-recipe embedder with ``change`` applied; returns its timed step."""
+def trainer(candidate: Candidate, config, loss_fn) -> Callable[[tuple], float]:
+    """A fresh demo-recipe embedder with ``candidate`` applied; returns its timed step."""
     from lmembed.training.distributed import Distributed
     from lmembed.training.trainer import build_embedder, forward_backward
 
-    if isinstance(change, dict):  # other options: the trainer is built from them
-        config, change = config.replace(**change), None
+    parts = candidate if isinstance(candidate, tuple) else (candidate,)
+    for options in (part for part in parts if isinstance(part, dict)):
+        config = config.replace(**options)  # other options: the trainer is built from them
     embedder = build_embedder(config)
-    if change is not None:
+    for change in (part for part in parts if callable(part)):
         change(embedder)
     embedder.train()
     trainable = [p for p in embedder.parameters() if p.requires_grad]

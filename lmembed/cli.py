@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from lmembed.backends import BackendOptions
+from lmembed.backends.errors import Quantize
 from lmembed.evaluation.sizes import SizeOptions
-from lmembed.export import ExportFormat, Quantize
+from lmembed.export import ExportFormat
 from lmembed.model.spec import EmbeddingSpec
 from lmembed.options import add_flags, build, given, nested, option
 from lmembed.training.checkpoint import CheckpointWriteError
@@ -196,7 +197,7 @@ def cmd_eval(spec: dict[str, Any], options: EvalOptions, args: argparse.Namespac
     from lmembed.data.retrieval import split_tasks
     from lmembed.evaluation import evaluate
     from lmembed.evaluation.retrieval import evaluate_retrieval
-    from lmembed.model.spec import resolve_spec
+    from lmembed.model.resolve import resolve_spec
 
     selection = split_tasks(options.tasks)
     retrieval_tasks = [*selection.retrieval, *options.retrieval]

@@ -30,22 +30,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from lmembed.backends.errors import QUANTIZE, ExportError, Quantize, check_causal
+from lmembed.backends.runtime_export import RUNTIME_FORMATS, export_runtime
 from lmembed.io import atomic_directory, atomic_write_json
 from lmembed.model.embedder import Embedder
 from lmembed.model.loading import DTYPES
-from lmembed.model.spec import SPEC_FILE, EmbeddingSpec, resolve_spec
+from lmembed.model.resolve import resolve_spec
+from lmembed.model.spec import SPEC_FILE, EmbeddingSpec
 from lmembed.model_card import origin, read_results, write_card
 
 logger = logging.getLogger("lmembed")
 
 ExportFormat = Literal["sentence-transformers", "merged", "adapter", "onnx", "openvino"]
 FORMATS: tuple[str, ...] = typing.get_args(ExportFormat)
-RUNTIME_FORMATS = ("onnx", "openvino")
-# int8: ONNX Runtime dynamic quantisation (int8 weights per channel, activations per tensor
-# and batch: breaks models with outlier activations); int8-block: int8 weights in
-# blocks of 32 (MatMulNBits), activations quantised per block of 32 at run time.
-Quantize = Literal["int8", "int8-block"]
-QUANTIZE: tuple[str, ...] = typing.get_args(Quantize)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", SPEC_FILE)
 ST_POOLING = {"last": "lasttoken", "mean": "mean"}
 ST_TRANSFORMER = "sentence_transformers.base.modules.transformer.Transformer"
@@ -54,10 +51,6 @@ ST_NORMALIZE = "sentence_transformers.sentence_transformer.modules.normalize.Nor
 ST_POOLING_MODULE = "sentence_transformers.sentence_transformer.modules.pooling.Pooling"
 # sentence-transformers' prompt names for encode_query / encode_document.
 ST_PROMPT_NAMES = ("query", "document")
-
-
-class ExportError(ValueError):
-    """The model cannot be represented in the requested format."""
 
 
 def export(
@@ -97,17 +90,16 @@ def export(
         adapter, model = spec_options.get("adapter"), spec_options.get("model")
         return _copy_adapter(adapter, model, output, results)
     spec = resolve_spec(spec_options)
-    if spec.attention != "causal" and kind != "merged":
-        raise ExportError(
-            f"--format {kind} runs the backbone with its own causal mask, so it cannot "
-            f"reproduce --attention {spec.attention}; export with --format merged or adapter"
-        )
+    if kind in RUNTIME_FORMATS:
+
+        def card(folder: Path, graph_spec: EmbeddingSpec) -> None:
+            _write_card(folder, graph_spec, kind, results, quantize=quantize)
+
+        return export_runtime(spec, output, kind, quantize, card)
     if kind == "sentence-transformers":
+        check_causal(spec, kind)
         st_prompts(spec)  # fail before loading the model
     embedder = Embedder.from_spec(spec.replace(dtype="fp32"))  # merges LoRA in fp32
-    if kind in RUNTIME_FORMATS:
-        embedder.spec = spec.replace(dtype="fp32")
-        return _write_runtime(embedder, output, kind, quantize, results)
     embedder.model.to(DTYPES[spec.dtype])
     embedder.spec = spec
     if kind == "merged":
@@ -155,35 +147,6 @@ def _write_merged(embedder: Embedder, output: Path, results: Sequence[str | Path
         embedder.tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / SPEC_FILE, {**spec.to_dict(), "merged_from": source})
         _write_card(tmp, embedder.spec, "merged", results)
-    return output
-
-
-def _write_runtime(
-    embedder: Embedder,
-    output: Path,
-    kind: str,
-    quantize: Quantize | None,
-    results: Sequence[str | Path],
-) -> Path:
-    """The checked graph (ONNX, or OpenVINO IR), tokenizer, config and the marked spec."""
-    from lmembed.backends.onnx import ONNX_FILE, export_onnx, onnx_metadata
-
-    source = {"model": embedder.spec.model, "adapter": embedder.spec.adapter}
-    spec = embedder.spec.replace(model=str(output.resolve()), adapter=None)
-    with atomic_directory(output) as tmp:
-        agreement = export_onnx(embedder, tmp, quantize)
-        if kind == "openvino":
-            from lmembed.backends.openvino import convert_to_ir
-
-            convert_to_ir(tmp / ONNX_FILE, tmp)
-            (tmp / ONNX_FILE).unlink()
-        embedder.model.config.save_pretrained(tmp)
-        embedder.tokenizer.save_pretrained(tmp)
-        graph = onnx_metadata(quantize, agreement)
-        marker = {"backend": kind, "graph": graph, "exported_from": source}
-        atomic_write_json(tmp / SPEC_FILE, {**spec.to_dict(), **marker})
-        _write_card(tmp, embedder.spec, kind, results, quantize=quantize)
-    logger.info("%s export: lowest token cosine against torch %.6f", kind, agreement)
     return output
 
 

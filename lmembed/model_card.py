@@ -534,7 +534,7 @@ def _history(records: RunRecords) -> str:
     if records.best:
         kept = (
             f"`--keep-best` kept step {records.best['step']}, the best on "
-            f"`{records.best['metric']}`: this model is that step's"
+            f"`{_shareable(records.best['metric'])}`: this model is that step's"
         )
     else:
         kept = "this model is the final step's, the last evaluation is in bold"

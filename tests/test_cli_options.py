@@ -8,7 +8,8 @@ import pytest
 
 from lmembed import cli
 from lmembed.backends import BackendOptions
-from lmembed.model.spec import EmbeddingSpec, resolve_spec
+from lmembed.model.resolve import resolve_spec
+from lmembed.model.spec import EmbeddingSpec
 from lmembed.options import build, flat_fields, given, option
 from lmembed.training.config import TrainConfig
 

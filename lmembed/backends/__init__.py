@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lmembed.export import ExportError, export
+from lmembed.backends.errors import ExportError
+from lmembed.backends.runtime_export import export_runtime
 from lmembed.io import cache_root, folder_fingerprint
 from lmembed.model.embedder import Embedder
-from lmembed.model.spec import SPEC_FILE, EmbeddingSpec, resolve_spec
+from lmembed.model.resolve import resolve_spec
+from lmembed.model.spec import SPEC_FILE, EmbeddingSpec
 from lmembed.options import option
 from lmembed.system import accelerator
 
@@ -118,7 +120,7 @@ def cached_export(spec: EmbeddingSpec) -> Path:
     if export_backend(str(folder)) is None:
         logger.info("exporting %s to ONNX in %s (once; later loads reuse it)", spec.model, folder)
         options = {k: v for k, v in weights.items() if k != "files"}
-        export(folder, kind="onnx", overwrite=True, **options)
+        export_runtime(resolve_spec(options), folder)
     return folder
 
 

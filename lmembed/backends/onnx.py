@@ -26,7 +26,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 from transformers.modeling_outputs import BaseModelOutput
 
-from lmembed.export import ExportError, Quantize
+from lmembed.backends.errors import ExportError, Quantize
 from lmembed.model.embedder import Embedder
 from lmembed.model.spec import EmbeddingSpec
 

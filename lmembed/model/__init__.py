@@ -3,7 +3,8 @@
 from lmembed.model.embedder import Embedder
 from lmembed.model.loading import PACKAGED_MODELS, load_backbone
 from lmembed.model.lora import LoraOptions, attach_lora
-from lmembed.model.spec import EmbeddingSpec, resolve_spec
+from lmembed.model.resolve import resolve_spec
+from lmembed.model.spec import EmbeddingSpec
 
 __all__ = [
     "PACKAGED_MODELS",

@@ -19,7 +19,8 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from lmembed.model.loading import load_backbone
 from lmembed.model.lora import load_adapter, merge_lora, save_adapter
 from lmembed.model.pooling import pool
-from lmembed.model.spec import EmbeddingSpec, Role, resolve_spec
+from lmembed.model.resolve import resolve_spec
+from lmembed.model.spec import EmbeddingSpec, Role
 
 # What one more forward pass costs, in tokens of compute, when planning chunks. On CPU
 # compute is per token (gemma-3-270m training: ~2 ms a token, ~75 ms a pass, so a pass

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel
 
 from lmembed.model.spec import SPEC_FILE, EmbeddingSpec
@@ -43,21 +42,6 @@ class LoraOptions:
         "adapt only the last N transformer layers; the backward pass then stops below "
         "them, so steps are faster (the embedding is the last layer's); every layer when "
         "unset",
-    )
-    fast_dropout: bool = option(
-        False,
-        "draw LoRA dropout masks from 15-bit random lanes (p rounded to 1/32768): the same "
-        "distribution at about a quarter of the random-number cost (1.03x per step with LoRA "
-        "on q/v, 1.09x on every linear layer, 2-core CPUs, docs/benchmarks.md), but other "
-        "draws than torch's dropout for a seed",
-    )
-    compute_in_base_dtype: bool = option(
-        False,
-        "on a bf16 base, run the adapter in bf16 too (its weights and optimizer stay fp32) "
-        "instead of casting every adapted layer's activations to fp32 and the sum back. On a "
-        "native-bf16 2-core CPU: 1.14x per step in a paired benchmark (median; 0.94-1.46) but "
-        "no gain over a whole 64-step run (363 s against 362), STSb dev 84.64 against 84.71 "
-        "(docs/benchmarks.md). No effect on an fp32 base",
     )
 
     def __post_init__(self) -> None:
@@ -94,17 +78,7 @@ def attach_lora(model: PreTrainedModel, options: LoraOptions | None = None) -> P
         bias="none",
         **_top_layers(model, options.top_layers),
     )
-    model = get_peft_model(model, config)
-    speed_up(model, options)
-    return model
-
-
-def speed_up(model: PeftModel, options: LoraOptions) -> None:
-    """Apply the options that change how the adapter computes, not what it is."""
-    if options.fast_dropout:
-        use_fast_dropout(model)
-    if options.compute_in_base_dtype:
-        compute_in_base_dtype(model)
+    return get_peft_model(model, config)
 
 
 def _top_layers(model: PreTrainedModel, count: int | None) -> dict:
@@ -124,85 +98,6 @@ def _top_layers(model: PreTrainedModel, count: int | None) -> dict:
     if not stacks:
         raise ValueError(f"no list of {total} layers found in {type(model).__name__}")
     return {"layers_to_transform": list(range(total - count, total)), "layers_pattern": stacks[0]}
-
-
-class FastDropout(torch.nn.Module):
-    """Dropout whose mask comes from 15 random bits per element, four elements per draw.
-
-    torch's dropout draws one Bernoulli sample per element, which costs about 15% of a
-    frozen-base LoRA step on a CPU (docs/benchmarks.md). One 64-bit draw gives four
-    16-bit lanes; the top lane holds only 15 random bits (``random_`` stays below
-    2**63), so every lane keeps its low 15 and drops where they reach the threshold.
-    The generator is torch's global one, so checkpoints and GradCache's replay hold.
-    """
-
-    LANES = 4  # int16 lanes per int64 draw
-    LEVELS = 1 << 15
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-        self.threshold = round((1 - p) * self.LEVELS)  # lanes below it are kept
-        if not 0 <= p < 1 or self.threshold == 0:
-            raise ValueError(f"dropout p must be in [0, 1 - 2**-16), got {p}")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return x
-        draws = torch.empty(-(-x.numel() // self.LANES), dtype=torch.int64, device=x.device)
-        lanes = draws.random_().view(torch.int16)[: x.numel()].view(x.shape)
-        drop = lanes.bitwise_and_(self.LEVELS - 1) >= self.threshold
-        return (x * (self.LEVELS / self.threshold)).masked_fill_(drop, 0)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
-def lora_dropouts(model: torch.nn.Module) -> list[tuple[torch.nn.ModuleDict, str]]:
-    """Every LoRA layer's dropout slot: its ``lora_dropout`` dict and the adapter's name."""
-    return [
-        (module.lora_dropout, name)
-        for module in model.modules()
-        if isinstance(module, LoraLayer)
-        for name in module.lora_dropout
-    ]
-
-
-def use_fast_dropout(model: PeftModel) -> None:
-    """Swap every LoRA layer's ``torch.nn.Dropout`` for a ``FastDropout`` of the same p
-    (peft uses ``Identity`` at p = 0, which stays)."""
-    for slot, name in lora_dropouts(model):
-        if isinstance(slot[name], torch.nn.Dropout):
-            slot[name] = FastDropout(slot[name].p)
-
-
-class BaseDtypeLinear(torch.nn.Linear):
-    """A LoRA factor that computes in its input's dtype: the fp32 weight (the optimizer's
-    copy) is cast, r x d elements, instead of the tokens x d activations."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return torch.nn.functional.linear(x, self.weight.to(x.dtype), bias)
-
-
-def compute_in_base_dtype(model: PeftModel) -> None:
-    """Make every LoRA layer compute in its input's dtype: peft casts the input to the
-    adapter weights' dtype (bf16 -> fp32 on a bf16 base, then the sum back) at every
-    adapted layer; here the factors become ``BaseDtypeLinear`` holding the same weights,
-    so parameter names, checkpoints and saved adapters do not change."""
-    for module in model.modules():
-        if not isinstance(module, LoraLayer):
-            continue
-        module.cast_input_dtype_enabled = False
-        for factors in (module.lora_A, module.lora_B):
-            for name, linear in factors.items():
-                if type(linear) is torch.nn.Linear:
-                    fast = BaseDtypeLinear(
-                        linear.in_features, linear.out_features, linear.bias is not None, "meta"
-                    )
-                    fast.weight = linear.weight
-                    fast.bias = linear.bias
-                    factors[name] = fast
 
 
 def save_adapter(model: PeftModel, spec: EmbeddingSpec, folder: str | Path) -> None:

@@ -5,9 +5,9 @@ number can be traced to what produced it. Its fields are the embedding flags of
 every command (``train``, ``eval``, ``encode``, ``serve``, ``export``, ``ablate``):
 a new option added here reaches all of them.
 
-One rule decides the spec a command uses (``resolve_spec``): the defaults, then
-a packaged model's own defaults, then the spec saved with the adapter (or a
-merged export), then the options the user gave explicitly.
+One rule decides the spec a command uses (``lmembed.model.resolve.resolve_spec``):
+the defaults, then a packaged model's own defaults, then the spec saved with the
+adapter (or a merged export), then the options the user gave explicitly.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmembed.io import atomic_write_json
-from lmembed.options import build, check_choices, option
+from lmembed.options import check_choices, option
 from lmembed.system import native_bf16
 
 SPEC_FILE = "lmembed.json"
@@ -112,34 +112,3 @@ class EmbeddingSpec:
         if not path.is_file():
             raise FileNotFoundError(f"{folder} is not an lmembed adapter folder: no {SPEC_FILE}")
         return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
-
-
-def saved_spec_folder(model: str | None, adapter: str | Path | None) -> Path | None:
-    """Where a saved spec lives: the adapter, or a model folder with ``lmembed.json``."""
-    if adapter is not None:
-        return Path(adapter)
-    if model and (Path(model) / SPEC_FILE).is_file():
-        return Path(model)
-    return None
-
-
-def resolve_spec(options: dict[str, Any] | None = None, **explicit: Any) -> EmbeddingSpec:
-    """The one rule: defaults < packaged model defaults < saved spec < explicit options.
-
-    ``options``/``explicit`` hold only what the user chose (``None`` means "not given").
-    """
-    from lmembed.model.loading import packaged_defaults
-
-    given = {k: v for k, v in {**(options or {}), **explicit}.items() if v is not None}
-    folder = saved_spec_folder(given.get("model"), given.get("adapter"))
-    saved = EmbeddingSpec.load(folder).to_dict() if folder is not None else {}
-    saved.pop("adapter", None)
-    model = given.get("model") or saved.get("model")
-    if model is None:
-        raise ValueError("give a model, or an adapter folder that records one")
-    packaged = packaged_defaults(model)
-    defaults = {"pooling": packaged.pooling, "max_length": packaged.max_length} if packaged else {}
-    values = {**defaults, **saved, **given, "model": model}
-    if values.get("adapter") is not None:
-        values["adapter"] = str(values["adapter"])
-    return build(EmbeddingSpec, values, source="embedding options")

@@ -20,7 +20,8 @@ import yaml
 from lmembed.data.training import DataOptions
 from lmembed.losses.matryoshka import check_dims
 from lmembed.model.lora import LoraOptions
-from lmembed.model.spec import EmbeddingSpec, resolve_spec
+from lmembed.model.resolve import resolve_spec
+from lmembed.model.spec import EmbeddingSpec
 from lmembed.options import build, check_choices, flat_dict, flat_fields, nested, option
 from lmembed.training.evaluator import EvalDuringTraining
 from lmembed.training.trackers import check_trackers

@@ -23,7 +23,7 @@ from lmembed.io import atomic_write_json
 from lmembed.losses import InfoNCELoss, build_loss
 from lmembed.model.embedder import Embedder
 from lmembed.model.loading import load_backbone
-from lmembed.model.lora import attach_lora, load_adapter, speed_up
+from lmembed.model.lora import attach_lora, load_adapter
 from lmembed.model_card import write_card
 from lmembed.system import accelerator
 from lmembed.training.averaging import ExponentialAverage
@@ -81,7 +81,6 @@ def build_embedder(config: TrainConfig) -> Embedder:
         backbone.set_attn_implementation(kernel)
     if spec.adapter is not None:
         backbone = load_adapter(backbone, spec.adapter, trainable=True)
-        speed_up(backbone, config.lora)
     else:
         backbone = attach_lora(backbone, config.lora)
     embedder = Embedder(backbone, tokenizer, spec)

@@ -188,7 +188,8 @@ def test_adapter_export_copies_only_the_adapter(tmp_path, adapters):
     adapter = adapters("llama-suffix-truncated")
     out = export(tmp_path / "copy", adapter=adapter, kind="adapter")
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["README.md", "adapter_config.json", "adapter_model.safetensors", "lmembed.json"]
+    expected = ["README.md", "adapter_config.json", "adapter_model.safetensors", "lmembed.json"]
+    assert names == expected
 
 
 def test_cli_export(tmp_path, adapters, capsys):

@@ -40,17 +40,20 @@ def check_precision(precision: str) -> None:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
+def unit_rows(vectors: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """Rows scaled to length 1 (a zero row stays zero), so cosine is a dot product; the one
+    row-normaliser of lmembed (STS scoring passes float64)."""
+    vectors = np.asarray(vectors, dtype=dtype)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+
+
 def truncate(vectors: np.ndarray, dims: int | None, normalize: bool = False) -> np.ndarray:
     """The first ``dims`` coordinates (Matryoshka), L2-normalised when ``normalize``."""
     if dims is not None:
         if not 0 < dims <= vectors.shape[-1]:
             raise ValueError(f"dims must be in 1..{vectors.shape[-1]}, got {dims}")
         vectors = vectors[..., :dims]
-    vectors = np.asarray(vectors, dtype=np.float32)
-    if normalize:
-        norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-        vectors = vectors / np.maximum(norms, 1e-12)
-    return vectors
+    return unit_rows(vectors) if normalize else np.asarray(vectors, dtype=np.float32)
 
 
 def calibrate(sample: np.ndarray) -> np.ndarray:

@@ -38,6 +38,7 @@ from lmembed.quantization import (
     check_precision,
     dequantize,
     shrink,
+    unit_rows,
 )
 
 
@@ -112,8 +113,7 @@ class SizedEncoder:
         codes, ranges = shrink(vectors, self.dims, self.precision, True, self.ranges)
         self.ranges = ranges if self.ranges is None else self.ranges
         restored = dequantize(codes, self.precision, self.ranges, self.dims)
-        norms = np.linalg.norm(restored, axis=1, keepdims=True)
-        return (restored / np.maximum(norms, 1e-12)).astype(np.float32)
+        return unit_rows(restored)
 
 
 @dataclass(frozen=True)

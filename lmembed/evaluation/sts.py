@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from lmembed.data.sts import STSTask, is_sts_file, load_sts, resolve_data_dir, resolve_tasks
 from lmembed.io import atomic_write_json, cache_root, folder_fingerprint
+from lmembed.quantization import unit_rows
 
 logger = logging.getLogger(__name__)
 
@@ -137,11 +138,7 @@ def score_task(
     for sentence in chain(task.sentences1, task.sentences2):
         rows.setdefault(sentence, len(rows))
     texts = list(rows)
-    # A float64 copy: normalised in place below without touching the encoder's array.
-    vectors = np.array(
-        encoder.encode(texts, batch_size=batch_size, show_progress=show_progress),
-        dtype=np.float64,
-    )
+    vectors = np.asarray(encoder.encode(texts, batch_size=batch_size, show_progress=show_progress))
     if vectors.ndim != 2 or len(vectors) != len(texts):
         raise ValueError(
             f"encoder returned shape {vectors.shape} for {len(texts)} texts; expected "
@@ -149,7 +146,7 @@ def score_task(
         )
     if not np.isfinite(vectors).all():
         raise ValueError(f"encoder returned NaN or infinite embeddings on task {task.name}")
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    vectors = unit_rows(vectors, np.float64)
     left = vectors[[rows[s] for s in task.sentences1]]
     right = vectors[[rows[s] for s in task.sentences2]]
     cosine = np.einsum("ij,ij->i", left, right)

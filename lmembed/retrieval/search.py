@@ -12,6 +12,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from lmembed.quantization import unit_rows
+
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
     """Unit-length float32 rows (zero rows stay zero), for cosine as a dot product."""
@@ -20,8 +22,7 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected a 2-D array of embeddings, got shape {vectors.shape}")
     if not np.isfinite(vectors).all():
         raise ValueError("embeddings contain NaN or infinite values")
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
+    return unit_rows(vectors)
 
 
 class TopK:

@@ -32,18 +32,13 @@ import numpy as np
 
 from lmembed.model.embedder import Embedder
 from lmembed.model.spec import Role
+from lmembed.quantization import truncate, unit_rows
 from lmembed.serving.auth import allowed_keys, check_bearer
 from lmembed.serving.batcher import EncodeFn, InputError, MicroBatcher, QueueFullError
 from lmembed.serving.config import ServerConfig
 from lmembed.serving.protocol import ApiError, embedding_response, parse_request
 
 logger = logging.getLogger("lmembed")
-
-
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to length 1 (a zero row stays zero)."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.where(norms > 0, norms, 1)
 
 
 def embedder_encode_fn(embedder: Embedder, config: ServerConfig) -> EncodeFn:
@@ -131,7 +126,7 @@ def create_app(embedder: Embedder, config: ServerConfig, batcher: MicroBatcher |
             logger.error("embeddings request failed: server fault", exc_info=error)
             raise _fault(error) from None
         if parsed.dimensions is not None:
-            vectors = unit_rows(vectors[:, : parsed.dimensions])
+            vectors = truncate(vectors, parsed.dimensions, normalize=True)
         payload = embedding_response(vectors, counts, parsed.encoding_format, name)
         return Response(json.dumps(payload), media_type="application/json")
 

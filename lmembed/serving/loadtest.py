@@ -156,7 +156,7 @@ def summarize(outcomes: list[Outcome], wall_s: float) -> dict[str, Any]:
 def encode_reference(embedder, requests: list[LoadRequest], normalize: bool = True) -> Reference:
     """``Embedder.encode`` of the texts of ``requests`` that expect vectors (one call per
     role, normalised like the server's), as a lookup for ``check_load``."""
-    from lmembed.serving.app import unit_rows
+    from lmembed.quantization import unit_rows
 
     table: dict[tuple[str, Role | None], np.ndarray] = {}
     wanted = [r for r in requests if r.status == 200]

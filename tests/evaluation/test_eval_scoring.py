@@ -67,6 +67,64 @@ def test_score_task_matches_scipy_and_encodes_each_sentence_once() -> None:
     assert score.pearson == pytest.approx(pearsonr(task.scores, cos).statistic * 100)
 
 
+def _average_ranks(values: list[float]) -> list[float]:
+    """1-based ranks; a run of tied values shares the mean of the positions it spans."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start  # the tie run is order[start : end + 1]
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for i in order[start : end + 1]:
+            ranks[i] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def _pearson(x: list[float], y: list[float]) -> float:
+    x, y = np.asarray(x) - np.mean(x), np.asarray(y) - np.mean(y)
+    return float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum()))
+
+
+def _spearman_with_ties(x: list[float], y: list[float]) -> float:
+    """Spearman's rho the textbook way: Pearson of average ranks (no scipy)."""
+    return _pearson(_average_ranks(x), _average_ranks(y))
+
+
+def test_average_ranks_reference() -> None:
+    assert _average_ranks([3.0, 1.0, 3.0, 2.0, 3.0, 0.5]) == [5.0, 2.0, 5.0, 3.0, 5.0, 1.0]
+    assert _average_ranks([2.0, 2.0]) == [1.5, 1.5]
+
+
+def test_score_task_spearman_averages_the_ranks_of_ties() -> None:
+    """STS gold scores are mostly ties (whole or half points); repeated pairs tie the
+    cosines too. Spearman must rank ties by their average position."""
+    encoder = HashEncoder()
+    pairs = list(itertools.combinations(SENTENCES, 2)) * 4  # 15 cosines, each 4 times
+    s1, s2 = map(list, zip(*pairs, strict=True))
+    a = np.stack([encoder.vector(s) for s in s1]).astype(np.float64)
+    b = np.stack([encoder.vector(s) for s in s2]).astype(np.float64)
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    cos = (a * b).sum(axis=1)
+    # Gold on a 0-5 scale in whole points, loosely following the cosines: 60 pairs, <= 6
+    # distinct scores.
+    noise = np.random.default_rng(0).normal(0, 0.8, len(pairs))
+    gold = np.clip(np.round((cos + 1) * 2.5 + noise), 0, 5)
+    assert len(set(gold.tolist())) <= 6 and len(set(cos.tolist())) == 15
+
+    score = score_task(encoder, STSTask("ties", s1, s2, gold, Path("ties.tsv")))
+    expected = _spearman_with_ties(gold.tolist(), cos.tolist())
+    assert score.pairs == len(pairs)
+    assert score.spearman == pytest.approx(100 * expected, abs=1e-9)
+    # The ties matter: ranking them in order of appearance gives another rho.
+    ordinal = _pearson(
+        np.argsort(np.argsort(gold, kind="stable")), np.argsort(np.argsort(cos, kind="stable"))
+    )
+    assert abs(100 * ordinal - score.spearman) > 1.0
+
+
 def test_score_task_rejects_bad_embeddings() -> None:
     class Broken(HashEncoder):
         def __init__(self, result: np.ndarray) -> None:

@@ -31,19 +31,49 @@ def _random_case(seed: int) -> tuple[dict, dict]:
     return qrels, run
 
 
+def _trec_order(scores: dict[str, float]) -> list[str]:
+    """trec_eval's ranking, written out: score descending, a tie by document id descending."""
+    return [doc for doc, _ in sorted(scores.items(), key=lambda item: item[::-1], reverse=True)]
+
+
+def _mrr_at_10(judged: dict[str, int], scores: dict[str, float]) -> float:
+    """1 / rank of the first relevant (qrel >= 1) document in the top 10, else 0."""
+    for position, doc in enumerate(_trec_order(scores)[:10], start=1):
+        if judged.get(doc, 0) >= 1:
+            return 1 / position
+    return 0.0
+
+
 def _reference(qrels: dict, run: dict) -> dict[str, dict[str, float]]:
-    """pytrec_eval's values, MRR@10 as recip_rank over the run cut at trec_eval's top 10."""
-    measures = {"ndcg_cut.10", "map_cut.100", "recall.10,100", "success.1", "recip_rank"}
+    """pytrec_eval's values; MRR@10 (which trec_eval lacks: its recip_rank has no cut)
+    computed here, without lmembed's ranking."""
+    measures = {"ndcg_cut.10", "map_cut.100", "recall.10,100", "success.1"}
     full = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
-    top10 = {q: {d: run[q][d] for d in rank(run[q])[:10]} for q in run}
-    cut = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
     return {
         q: {
             **{ours: values[theirs] for ours, theirs in TREC.items()},
-            "mrr@10": cut[q]["recip_rank"],
+            "mrr@10": _mrr_at_10(qrels[q], run.get(q, {})),
         }
         for q, values in full.items()
     }
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_mrr_reference_agrees_with_trec_eval_recip_rank(seed: int) -> None:
+    """The hand-written MRR@10 ranks as trec_eval does: over the whole run it is trec_eval's
+    recip_rank wherever the first relevant document is in the top 10, and 0 elsewhere."""
+    qrels, run = _random_case(seed)
+    recip = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(run)
+    assert recip
+    cut_off = 0
+    for query, values in recip.items():
+        theirs = values["recip_rank"]
+        expected = theirs if theirs >= 1 / 10 else 0.0
+        cut_off += 0 < theirs < 1 / 10
+        assert _mrr_at_10(qrels[query], run[query]) == pytest.approx(expected, abs=1e-12)
+    assert cut_off > 0, "no first relevant document below the top 10: the cut went untested"
+    assert _trec_order({"a": 1.0, "b": 1.0, "c": 2.0, "d": 0.5}) == ["c", "b", "a", "d"]
+    assert _trec_order({"d9": 1.0, "d10": 1.0}) == ["d9", "d10"]  # ids compare as strings
 
 
 @pytest.mark.parametrize("seed", range(5))

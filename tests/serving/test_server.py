@@ -13,8 +13,8 @@ from loopback import running
 
 from lmembed import Embedder
 from lmembed.options import add_flags, build, given
+from lmembed.quantization import unit_rows
 from lmembed.serving import MicroBatcher, QueueFullError, ServerConfig, create_app
-from lmembed.serving.app import unit_rows
 
 TEXTS = ["A man is playing a guitar.", "Two dogs run on the beach.", "", "x" * 300]
 CONFIG = ServerConfig(name="tiny", max_inputs=8, max_chars=1000, max_request_bytes=20_000)

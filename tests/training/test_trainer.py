@@ -6,21 +6,13 @@ import numpy as np
 import pytest
 import torch
 from peft import get_peft_model_state_dict
-from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 
 from lmembed.data.sampler import batch_indices
 from lmembed.data.training import TrainingData
 from lmembed.model.embedder import Embedder
 from lmembed.model.loading import load_backbone
-from lmembed.model.lora import (
-    BaseDtypeLinear,
-    FastDropout,
-    LoraOptions,
-    attach_lora,
-    lora_dropouts,
-    save_adapter,
-)
+from lmembed.model.lora import LoraOptions, attach_lora
 from lmembed.training import trainer as trainer_module
 from lmembed.training.config import TrainConfig, config_from_dict, load_config
 from lmembed.training.run_dir import read_metrics
@@ -92,16 +84,12 @@ def test_adapter_reload_reproduces_embeddings(tiny_llama, triplets_csv, tmp_path
     [
         {},
         {"ema_decay": 0.5},
-        {"lora_fast_dropout": True},
-        {"lora_compute_in_base_dtype": True},
         {"temperature_lr": 0.05},
         {"loss": "symmetric-infonce"},
     ],
     ids=[
         "plain",
         "weight-average",
-        "fast-dropout",
-        "base-dtype-lora",
         "learned-temperature",
         "symmetric-loss",
     ],
@@ -312,26 +300,6 @@ def test_compile_trains_the_same_adapter(tiny_llama, triplets_csv, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4)
-
-
-@pytest.mark.parametrize("adapter", [False, True], ids=["new-lora", "continued-adapter"])
-def test_speed_options_reach_every_lora_layer(tiny_llama, triplets_csv, tmp_path, adapter):
-    """``--lora-fast-dropout`` and ``--lora-compute-in-base-dtype`` apply to a new LoRA and
-    to an adapter trained further."""
-    fast = {"lora_fast_dropout": True, "lora_compute_in_base_dtype": True}
-    config = _config(tiny_llama, triplets_csv, tmp_path / "run", **fast)
-    if adapter:
-        plain = build_embedder(config.replace(**dict.fromkeys(fast, False)))
-        save_adapter(plain.model, plain.spec, tmp_path / "adapter")
-        config = config.replace(adapter=str(tmp_path / "adapter"))
-    embedder = build_embedder(config)
-    dropouts = [slot[name] for slot, name in lora_dropouts(embedder.model)]
-    assert dropouts and all(isinstance(d, FastDropout) and d.p == 0.1 for d in dropouts)
-    layers = [m for m in embedder.model.modules() if isinstance(m, LoraLayer)]
-    factors = [f for m in layers for f in (*m.lora_A.values(), *m.lora_B.values())]
-    assert len(factors) == 2 * len(dropouts)
-    assert all(type(f) is BaseDtypeLinear for f in factors)
-    assert not any(m.cast_input_dtype_enabled for m in layers)
 
 
 def _attention(embedder: Embedder) -> str:

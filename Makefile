@@ -9,7 +9,17 @@ export HF_HUB_OFFLINE ?= 1
 
 .PHONY: install demo test test-fast lint bench bench-all clean
 
+# The oldest Python lmembed supports: requires-python in pyproject.toml.
+MIN_PYTHON := $(or $(shell sed -n 's/^requires-python *= *">= *\([0-9.]*\)".*/\1/p' pyproject.toml),3.10)
+
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < tuple(map(int, "$(MIN_PYTHON)".split("."))))' \
+		>/dev/null 2>&1 || { \
+		found=$$($(PYTHON) -c 'import platform; print(platform.python_version())' 2>/dev/null) \
+			|| found="no Python"; \
+		echo "lmembed needs Python >= $(MIN_PYTHON); found $$found at $(PYTHON);" \
+			"set PYTHON=... to a newer one (e.g. make test PYTHON=python3.12)" >&2; \
+		exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU torch wheel first: an unpinned torch would pull a multi-GB CUDA build.

@@ -1,11 +1,12 @@
 """STS files: the task registry, data-dir lookup and strict readers.
 
-Built-in files follow ``/work/shared/data/README.md``: UTF-8 TSV, one header row, no
-quoting (sentences contain ``"``), first three columns ``sentence1, sentence2, score``.
-A user's own file (``--tasks pairs.tsv``) may also be ``.csv`` (RFC 4180 quoting) or
-``.jsonl`` with the same three columns/keys, in any order for those two. Sentences
-are kept byte-for-byte, including leading and trailing spaces. A score outside the
-task's expected range is a warning, not an error: scales differ between sets.
+Built-in files follow the data folder's layout (its ``README.md``): UTF-8 TSV, one
+header row, no quoting (sentences contain ``"``), first three columns ``sentence1,
+sentence2, score``. A user's own file (``--tasks pairs.tsv``) may also be ``.csv``
+(RFC 4180 quoting) or ``.jsonl`` with the same three columns/keys, in any order for
+those two. Sentences are kept byte-for-byte, including leading and trailing spaces. A
+score outside the task's expected range is a warning, not an error: scales differ
+between sets.
 """
 
 from __future__ import annotations

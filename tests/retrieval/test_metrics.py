@@ -33,7 +33,8 @@ def _random_case(seed: int) -> tuple[dict, dict]:
 
 def _trec_order(scores: dict[str, float]) -> list[str]:
     """trec_eval's ranking, written out: score descending, a tie by document id descending."""
-    return [doc for doc, _ in sorted(scores.items(), key=lambda item: item[::-1], reverse=True)]
+    ranked = sorted(scores.items(), key=lambda item: (item[1], item[0]), reverse=True)
+    return [doc for doc, _ in ranked]
 
 
 def _mrr_at_10(judged: dict[str, int], scores: dict[str, float]) -> float:

@@ -35,7 +35,7 @@ STEPS = 6
 SAVE_EVERY = 2
 NAMED = ("forward", "backward", "optimizer_step", "checkpoint_write", "checkpoint_swap")
 # Every named point once (in a seeded order), then timers or points at random. CI runs 8;
-# LMEMBED_KILLS=20 is the longer run quoted in docs/reliability.md.
+# LMEMBED_KILLS=20 is the longer run named in docs/training.md, "Resume and kill-safety".
 KILLS = int(os.environ.get("LMEMBED_KILLS", "8"))
 SEED = 15
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "0"}

@@ -10,6 +10,7 @@ priors, not chosen on STSb dev.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from lmembed.data import ALL_TASKS, QUICK_TASKS, resolve_data_dir
 from lmembed.data.locate import find_training_data
 from lmembed.evaluation import STSResult, compare, evaluate, save_results, write_report
 from lmembed.evaluation.retrieval import RetrievalResult, compare_retrieval, evaluate_retrieval
+from lmembed.evaluation.sts import format_score
 from lmembed.io import atomic_write_text
 from lmembed.model.embedder import Embedder
 from lmembed.system import machine_summary
@@ -141,3 +143,47 @@ def _curve_table(run: Path) -> str:
     lines += [f"| {e['step']} | {e['metrics']['stsb-dev']:.2f} |" for e in evaluations]
     seconds = sum(e["seconds"] for e in evaluations)
     return "\n".join(lines) + f"\n\n{len(evaluations)} evaluations, {seconds:.0f} s in all.\n"
+
+
+def results_table(folder: str | Path) -> str:
+    """The README's results table, from a demo folder's result files (``publish_results``):
+    Spearman x100 per quick task before and after fine-tuning, the MiniLM baseline, STSb dev
+    during training and paraphrase retrieval."""
+    folder = Path(folder)
+    before, after, baseline = (
+        STSResult.from_dict(json.loads((folder / f"{name}.json").read_text(encoding="utf-8")))
+        for name in ("before", "after", "baseline")
+    )
+    searched = {
+        name: RetrievalResult.load(folder / f"{name}-retrieval.json")
+        for name in ("before", "after")
+    }
+    curve = [json.loads(line) for line in (folder / "eval.jsonl").read_text().splitlines() if line]
+    model = before.spec["model"]
+    rows = [
+        f"| Spearman x100 | {model} | + lmembed LoRA ({curve[-1]['step']} steps) | "
+        f"{baseline.spec['model']} |",
+        "|---|---:|---:|---:|",
+    ]
+    for task in [*after.tasks, "average"]:
+        cells = [format_score(r.score(task)) for r in (before, after, baseline)]
+        rows.append(f"| {task} | {' | '.join(cells)} |")
+    dev = f"{curve[0]['metrics']['stsb-dev']:.2f}", f"{curve[-1]['metrics']['stsb-dev']:.2f}"
+    rows.append(f"| STSb dev (chosen on) | {dev[0]} | {dev[1]} | |")
+    ndcg = [f"{searched[n].tasks[RETRIEVAL_TASK].metrics['ndcg@10']:.2f}" for n in searched]
+    rows.append(f"| {RETRIEVAL_TASK} NDCG@10 | {ndcg[0]} | {ndcg[1]} | |")
+    return "\n".join(rows) + "\n"
+
+
+def publish_results(demo: str | Path, folder: str | Path) -> Path:
+    """Copy a finished demo's result files into ``folder`` (docs/results/demo), the files
+    the README's results table is made from."""
+    demo, folder = Path(demo), Path(folder)
+    names = ["before.json", "after.json", "baseline.json", "before-retrieval.json",
+             "after-retrieval.json", "report.md"]  # fmt: skip
+    for name in names:
+        atomic_write_text(folder / name, (demo / name).read_text(encoding="utf-8"))
+    for name in ("eval.jsonl", "log.jsonl", "train_config.json", "report.md"):
+        target = "run-report.md" if name == "report.md" else name
+        atomic_write_text(folder / target, (demo / "adapter" / name).read_text(encoding="utf-8"))
+    return folder

@@ -108,6 +108,11 @@ class DemoOptions:
     report_to: list[str] = option(
         ["jsonl"], "trackers for the training run, as `lmembed train --report-to` takes them"
     )
+    publish: str | None = option(
+        None,
+        "also copy the result files into this folder (docs/results/demo) and print the "
+        "README's results table made from them",
+    )
 
 
 @dataclass
@@ -195,7 +200,7 @@ def cmd_encode(spec: dict[str, Any], options: Any, args: argparse.Namespace) -> 
 
 def cmd_eval(spec: dict[str, Any], options: EvalOptions, args: argparse.Namespace) -> None:
     from lmembed.data.retrieval import split_tasks
-    from lmembed.evaluation import evaluate
+    from lmembed.evaluation import EvalRun, evaluate
     from lmembed.evaluation.retrieval import evaluate_retrieval
     from lmembed.model.resolve import resolve_spec
 
@@ -205,27 +210,24 @@ def cmd_eval(spec: dict[str, Any], options: EvalOptions, args: argparse.Namespac
         _eval_sizes(spec, options, selection.sts, retrieval_tasks)
         return
 
-    def score(embedder: Any) -> tuple[Any, Any]:
-        sts = retrieval = None
+    def score(embedder: Any) -> EvalRun:
+        run = EvalRun()
         if selection.sts:
-            sts = evaluate(embedder, selection.sts, options.data_dir, options.batch_size)
+            run.sts = evaluate(embedder, selection.sts, options.data_dir, options.batch_size)
         if retrieval_tasks:
-            retrieval = evaluate_retrieval(
+            run.retrieval = evaluate_retrieval(
                 embedder, retrieval_tasks, options.data_dir, options.batch_size
             )
-        return sts, retrieval
+        return run
 
-    sts, retrieval = score(_load(spec))
-    base = (None, None)
+    run = score(_load(spec))
     if options.compare_base:
         chosen, engine = _split_engine(spec)
         base_spec = resolve_spec(chosen).replace(adapter=None).to_dict()
-        base = score(_load({**base_spec, **engine}))
-    print(_eval_tables(sts, retrieval, *base))
+        run = run.against(score(_load({**base_spec, **engine})))
+    print(run.to_markdown())
     if options.output:
-        from lmembed.io import atomic_write_json
-
-        atomic_write_json(options.output, _eval_json(sts, retrieval, *base))
+        run.save(options.output)
         print(f"results written to {options.output}")
 
 
@@ -246,36 +248,6 @@ def _eval_sizes(
         print("results written to " + ", ".join(str(p) for p in paths))
 
 
-def _eval_json(sts: Any, retrieval: Any, base_sts: Any, base_retrieval: Any) -> dict[str, Any]:
-    """STS results keep their JSON shape; retrieval results go under ``retrieval``
-    (or are the whole file when no STS task ran); each with its ``base`` when compared."""
-    if sts is not None:
-        sts.base = base_sts
-    data = sts.to_dict() if sts is not None else {}
-    if retrieval is not None:
-        scores = retrieval.to_dict()
-        if base_retrieval is not None:
-            scores["base"] = base_retrieval.to_dict()
-        data = {**data, "retrieval": scores} if sts is not None else scores
-    return data
-
-
-def _eval_tables(sts: Any, retrieval: Any, base_sts: Any, base_retrieval: Any) -> str:
-    from lmembed.evaluation import compare, to_markdown
-    from lmembed.evaluation.retrieval import compare_retrieval
-
-    parts = []
-    if sts is not None:
-        parts.append(compare(base_sts, sts) if base_sts is not None else to_markdown(sts))
-    if retrieval is not None:
-        parts.append(
-            compare_retrieval(base_retrieval, retrieval)
-            if base_retrieval is not None
-            else retrieval.to_markdown()
-        )
-    return "\n".join(parts)
-
-
 def cmd_download(spec: dict[str, Any], options: DownloadOptions, args: argparse.Namespace) -> None:
     from lmembed.data import DOWNLOAD_TASKS, download, resolve_tasks
 
@@ -285,9 +257,14 @@ def cmd_download(spec: dict[str, Any], options: DownloadOptions, args: argparse.
 
 
 def cmd_demo(spec: dict[str, Any], options: DemoOptions, args: argparse.Namespace) -> None:
-    from lmembed.experiments.demo import run_demo
+    from lmembed.experiments.demo import publish_results, results_table, run_demo
 
-    print(f"report: {run_demo(**dataclasses.asdict(options))}")
+    chosen = dataclasses.asdict(options)
+    publish = chosen.pop("publish")
+    report = run_demo(**chosen)
+    print(f"report: {report}")
+    if publish:
+        print(results_table(publish_results(report.parent, publish)))
 
 
 def cmd_ablate(spec: dict[str, Any], options: AblateOptions, args: argparse.Namespace) -> None:

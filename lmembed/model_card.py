@@ -212,7 +212,7 @@ def _retrieval_scores(data: dict[str, Any] | None) -> list[TaskScores]:
     if data is None:
         return []
     result = RetrievalResult.from_dict(data)
-    base = RetrievalResult.from_dict(data["base"]).tasks if data.get("base") else {}
+    base = result.base.tasks if result.base is not None else {}
 
     def base_of(name: str) -> dict[str, float] | None:
         return _numbers(base[name].metrics) if name in base else None

@@ -1,27 +1,16 @@
 """STS evaluation of embedding models and before/after reports."""
 
 from lmembed.evaluation.report import write_report
-from lmembed.evaluation.sts import (
-    Encoder,
-    STSResult,
-    TaskScore,
-    compare,
-    evaluate,
-    load_results,
-    save_results,
-    score_task,
-    to_markdown,
-)
+from lmembed.evaluation.result import EvalRun, Result
+from lmembed.evaluation.sts import Encoder, STSResult, TaskScore, evaluate, score_task
 
 __all__ = [
     "Encoder",
+    "EvalRun",
+    "Result",
     "STSResult",
     "TaskScore",
-    "compare",
     "evaluate",
-    "load_results",
-    "save_results",
     "score_task",
-    "to_markdown",
     "write_report",
 ]

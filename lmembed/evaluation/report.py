@@ -11,14 +11,12 @@ import numpy as np
 from lmembed.evaluation.sts import STSResult, common_tasks, format_score
 from lmembed.io import atomic_write_bytes, atomic_write_text
 
-Result = STSResult
-
 
 def write_report(
     out_dir: str | Path,
-    before: Result,
-    after: Result,
-    baseline: Result | None = None,
+    before: STSResult,
+    after: STSResult,
+    baseline: STSResult | None = None,
     title: str = "lmembed STS report",
     notes: Mapping[str, str] | None = None,
 ) -> tuple[Path, Path]:
@@ -41,11 +39,11 @@ class _Table:
     """Spearman per task and row, where "average" is over the tasks every result has,
     so before, after and baseline are averaged over the same set."""
 
-    def __init__(self, names: list[str], *results: Result | None) -> None:
+    def __init__(self, names: list[str], *results: STSResult | None) -> None:
         self.common = [n for n in common_tasks(*results) if n in names]
         self.rows = [*names, "average"]
 
-    def value(self, result: Result | None, name: str) -> float | None:
+    def value(self, result: STSResult | None, name: str) -> float | None:
         if result is None:
             return None
         if name == "average":
@@ -55,9 +53,9 @@ class _Table:
 
 def _markdown(
     table: _Table,
-    before: Result,
-    after: Result,
-    baseline: Result | None,
+    before: STSResult,
+    after: STSResult,
+    baseline: STSResult | None,
     title: str,
     notes: Mapping[str, str] | None,
     png_path: Path,
@@ -94,7 +92,7 @@ def _markdown(
     return "\n".join(lines)
 
 
-def _describe(result: Result) -> str:
+def _describe(result: STSResult) -> str:
     spec = result.spec
     text = f"`{spec.get('model')}`"
     if spec.get("adapter"):
@@ -104,7 +102,7 @@ def _describe(result: Result) -> str:
 
 
 def _chart(
-    table: _Table, before: Result, after: Result, baseline: Result | None, title: str
+    table: _Table, before: STSResult, after: STSResult, baseline: STSResult | None, title: str
 ) -> bytes:
     """Grouped bars per task; baseline as a black tick over each group. PNG bytes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

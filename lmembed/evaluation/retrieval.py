@@ -8,7 +8,6 @@ one chunk. Metrics are trec_eval's (``lmembed.retrieval.metrics``).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from lmembed.data.retrieval import RetrievalTask, load_retrieval
+from lmembed.evaluation.result import Result
 from lmembed.evaluation.sts import _version
-from lmembed.io import atomic_write_json
 from lmembed.retrieval.metrics import METRICS, evaluate_run, mean_metrics
 from lmembed.retrieval.search import TopK
 from lmembed.retrieval.store import DEFAULT_CHUNK, RoleEncoder, default_folder, encoded_chunks
@@ -54,13 +53,17 @@ class TaskRetrieval:
 
 
 @dataclass
-class RetrievalResult:
-    """Scores of one embedding spec on retrieval tasks; JSON via ``to_dict``/``from_dict``."""
+class RetrievalResult(Result):
+    """Scores of one embedding spec on retrieval tasks; JSON via ``to_dict``/``from_dict``,
+    with ``"base"`` (the same shape) when compared with the base model."""
 
     spec: dict[str, Any]
     tasks: dict[str, TaskRetrieval] = field(default_factory=dict)
     lmembed_version: str = "unknown"
     elapsed_s: float = 0.0
+    base: RetrievalResult | None = None
+
+    KIND = "retrieval"
 
     @property
     def average(self) -> dict[str, float]:
@@ -68,33 +71,29 @@ class RetrievalResult:
         return {m: float(np.mean([t.metrics[m] for t in self.tasks.values()])) for m in METRICS}
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             **self.spec,
             "tasks": {name: task.to_dict() for name, task in self.tasks.items()},
             "average": self.average,
             "lmembed_version": self.lmembed_version,
             "elapsed_s": self.elapsed_s,
         }
+        if self.base is not None:
+            data["base"] = self.base.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RetrievalResult:
         if not isinstance(data, dict) or not {"tasks", "average"} <= data.keys():
             raise ValueError("not an lmembed retrieval result (needs 'tasks' and 'average')")
-        meta = {"tasks", "average", "lmembed_version", "elapsed_s"}
+        meta = {"tasks", "average", "lmembed_version", "elapsed_s", "base"}
         return cls(
             spec={k: v for k, v in data.items() if k not in meta},
             tasks={n: TaskRetrieval.from_dict(t) for n, t in data["tasks"].items()},
             lmembed_version=data.get("lmembed_version", "unknown"),
             elapsed_s=float(data.get("elapsed_s", 0.0)),
+            base=cls.from_dict(data["base"]) if data.get("base") else None,
         )
-
-    def save(self, path: str | Path) -> Path:
-        atomic_write_json(path, self.to_dict())
-        return Path(path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> RetrievalResult:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
     def to_markdown(self) -> str:
         """One table: a row per task and the average, a column per metric."""
@@ -113,27 +112,25 @@ class RetrievalResult:
             lines.append(f"| **average** | {cells} | | |")
         return "\n".join(lines) + "\n"
 
-
-def compare_retrieval(
-    base: RetrievalResult, tuned: RetrievalResult, metrics: Sequence[str] = METRICS
-) -> str:
-    """Markdown before/after: a row per task and metric with the change."""
-    lines = [
-        f"base: {_label(base.spec)}  ",
-        f"tuned: {_label(tuned.spec)}",
-        "",
-        "| task | metric (x100) | base | tuned | Δ |",
-        "|---|---|---:|---:|---:|",
-    ]
-    for name in dict.fromkeys([*base.tasks, *tuned.tasks]):
-        for metric in metrics:
-            before = base.tasks[name].metrics[metric] if name in base.tasks else None
-            after = tuned.tasks[name].metrics[metric] if name in tuned.tasks else None
-            delta = "–" if before is None or after is None else f"{after - before:+.2f}"
-            lines.append(
-                f"| {name} | {LABELS[metric]} | {_num(before)} | {_num(after)} | {delta} |"
-            )
-    return "\n".join(lines) + "\n"
+    def compare(self, base: RetrievalResult, metrics: Sequence[str] = METRICS) -> str:
+        """Markdown before (``base``) and after (this result): a row per task and metric
+        with the change."""
+        lines = [
+            f"base: {_label(base.spec)}  ",
+            f"tuned: {_label(self.spec)}",
+            "",
+            "| task | metric (x100) | base | tuned | Δ |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for name in dict.fromkeys([*base.tasks, *self.tasks]):
+            for metric in metrics:
+                before = base.tasks[name].metrics[metric] if name in base.tasks else None
+                after = self.tasks[name].metrics[metric] if name in self.tasks else None
+                delta = "–" if before is None or after is None else f"{after - before:+.2f}"
+                lines.append(
+                    f"| {name} | {LABELS[metric]} | {_num(before)} | {_num(after)} | {delta} |"
+                )
+        return "\n".join(lines) + "\n"
 
 
 def score_retrieval_task(

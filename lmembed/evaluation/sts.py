@@ -21,6 +21,7 @@ from scipy.stats import pearsonr, spearmanr
 from tqdm.auto import tqdm
 
 from lmembed.data.sts import STSTask, is_sts_file, load_sts, resolve_data_dir, resolve_tasks
+from lmembed.evaluation.result import Result
 from lmembed.io import atomic_write_json, cache_root, folder_fingerprint
 from lmembed.quantization import unit_rows
 
@@ -61,7 +62,7 @@ METRICS = ("spearman", "pearson")
 
 
 @dataclass
-class STSResult:
+class STSResult(Result):
     """Scores of one embedding function on STS tasks (x100), and what produced them.
 
     JSON shape (``to_dict``): ``{<spec fields>, "tasks": {name: {"spearman", "pearson",
@@ -74,6 +75,8 @@ class STSResult:
     lmembed_version: str = "unknown"
     elapsed_s: float = 0.0
     base: STSResult | None = None
+
+    KIND = "STS"
 
     def score(self, task: str, metric: str = "spearman") -> float | None:
         """One task's score, or the average over all tasks (``task="average"``)."""
@@ -117,6 +120,49 @@ class STSResult:
             elapsed_s=data.get("elapsed_s", 0.0),
             base=cls.from_dict(data["base"]) if data.get("base") else None,
         )
+
+    def to_markdown(self) -> str:
+        """One result as a markdown table: task, Spearman, Pearson, pairs, plus the average."""
+        lines = [
+            f"**{self.label()}**",
+            "",
+            "| task | Spearman | Pearson | pairs |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, score in self.tasks.items():
+            lines.append(f"| {name} | {score.spearman:.2f} | {score.pearson:.2f} | {score.pairs} |")
+        spearman, pearson = (format_score(self.score("average", m)) for m in METRICS)
+        lines.append(f"| **average** | {spearman} | {pearson} | |")
+        return "\n".join(lines) + "\n"
+
+    def compare(self, base: STSResult, metric: str = "spearman") -> str:
+        """Markdown side-by-side of ``base`` and this result with the change per task.
+
+        The average row is over the tasks both results have, so it is a fair comparison
+        even when one run covered more tasks.
+        """
+        names = list(dict.fromkeys([*base.tasks, *self.tasks]))
+        lines = [
+            f"base: {base.label()}  ",
+            f"tuned: {self.label()}",
+            "",
+            f"| task ({metric} x100) | base | tuned | Δ |",
+            "|---|---:|---:|---:|",
+        ]
+        for name in names:
+            before, after = base.score(name, metric), self.score(name, metric)
+            lines.append(
+                f"| {name} | {format_score(before)} | {format_score(after)} | "
+                f"{_delta(before, after)} |"
+            )
+        common = common_tasks(base, self)
+        if common:
+            before, after = base.average_over(common, metric), self.average_over(common, metric)
+            lines.append(
+                f"| **average** ({len(common)} tasks) | {before:.2f} | {after:.2f} | "
+                f"{_delta(before, after)} |"
+            )
+        return "\n".join(lines) + "\n"
 
 
 def common_tasks(*results: STSResult | None) -> list[str]:
@@ -197,64 +243,6 @@ def result_spec(spec: dict[str, Any]) -> dict[str, Any]:
     recorded = {key: spec.get(key) for key in RESULT_SPEC_KEYS}
     recorded.update({k: spec[k] for k in OPTIONAL_SPEC_KEYS if spec.get(k) is not None})
     return recorded
-
-
-def save_results(result: STSResult, path: str | Path) -> Path:
-    """Write a result as JSON, atomically."""
-    atomic_write_json(path, result.to_dict())
-    return Path(path)
-
-
-def load_results(path: str | Path) -> STSResult:
-    """Read a result JSON written by ``save_results``; checks the keys other code relies on."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or not {"tasks", "average"} <= data.keys():
-        raise ValueError(f"{path}: not an lmembed STS result (needs 'tasks' and 'average')")
-    return STSResult.from_dict(data)
-
-
-def to_markdown(result: STSResult) -> str:
-    """One result as a markdown table: task, Spearman, Pearson, pairs, plus the average."""
-    lines = [
-        f"**{result.label()}**",
-        "",
-        "| task | Spearman | Pearson | pairs |",
-        "|---|---:|---:|---:|",
-    ]
-    for name, score in result.tasks.items():
-        lines.append(f"| {name} | {score.spearman:.2f} | {score.pearson:.2f} | {score.pairs} |")
-    spearman, pearson = (format_score(result.score("average", m)) for m in METRICS)
-    lines.append(f"| **average** | {spearman} | {pearson} | |")
-    return "\n".join(lines) + "\n"
-
-
-def compare(base: STSResult, tuned: STSResult, metric: str = "spearman") -> str:
-    """Markdown side-by-side of two results with the change per task.
-
-    The average row is over the tasks both results have, so it is a fair comparison
-    even when one run covered more tasks.
-    """
-    names = list(dict.fromkeys([*base.tasks, *tuned.tasks]))
-    lines = [
-        f"base: {base.label()}  ",
-        f"tuned: {tuned.label()}",
-        "",
-        f"| task ({metric} x100) | base | tuned | Δ |",
-        "|---|---:|---:|---:|",
-    ]
-    for name in names:
-        before, after = base.score(name, metric), tuned.score(name, metric)
-        lines.append(
-            f"| {name} | {format_score(before)} | {format_score(after)} | {_delta(before, after)} |"
-        )
-    common = common_tasks(base, tuned)
-    if common:
-        before, after = base.average_over(common, metric), tuned.average_over(common, metric)
-        lines.append(
-            f"| **average** ({len(common)} tasks) | {before:.2f} | {after:.2f} | "
-            f"{_delta(before, after)} |"
-        )
-    return "\n".join(lines) + "\n"
 
 
 def _delta(before: float | None, after: float | None) -> str:

@@ -18,8 +18,8 @@ from typing import Any
 
 from lmembed.data import ALL_TASKS, QUICK_TASKS, resolve_data_dir
 from lmembed.data.locate import find_training_data
-from lmembed.evaluation import STSResult, compare, evaluate, save_results, write_report
-from lmembed.evaluation.retrieval import RetrievalResult, compare_retrieval, evaluate_retrieval
+from lmembed.evaluation import STSResult, evaluate, write_report
+from lmembed.evaluation.retrieval import RetrievalResult, evaluate_retrieval
 from lmembed.evaluation.sts import format_score
 from lmembed.io import atomic_write_text
 from lmembed.model.embedder import Embedder
@@ -97,7 +97,7 @@ def run_demo(
     def score(embedder: Embedder, name: str) -> STSResult:
         logger.info("demo: scoring %s", name)
         result = evaluate(embedder, tasks, root, batch_size=32)
-        save_results(result, output / f"{name}.json")
+        result.save(output / f"{name}.json")
         return result
 
     def search(embedder: Embedder, name: str) -> RetrievalResult:
@@ -114,7 +114,7 @@ def run_demo(
     tuned = Embedder.from_pretrained(adapter=trained.output)
     after, after_search = score(tuned, "after"), search(tuned, "after")
 
-    print(compare(base, after))
+    print(after.compare(base))
     notes = {
         "command": f"lmembed demo{' --full' if full else ''} (steps={config.steps})",
         "training": f"recipe {recipe!r} ({RECIPES[recipe]}) on {data}, "
@@ -123,7 +123,7 @@ def run_demo(
         "wall time": f"{time.perf_counter() - started:.0f} s",
     }
     md, _ = write_report(output, base, after, baseline, title=f"lmembed demo: {model}", notes=notes)
-    retrieval = compare_retrieval(base_search, after_search)
+    retrieval = after_search.compare(base_search)
     print(retrieval)
     text = md.read_text(encoding="utf-8")
     curve = trained.output / "report.png"

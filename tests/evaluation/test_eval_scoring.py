@@ -10,15 +10,7 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 
 from lmembed.data.sts import STSTask
-from lmembed.evaluation import (
-    STSResult,
-    compare,
-    evaluate,
-    load_results,
-    save_results,
-    score_task,
-    to_markdown,
-)
+from lmembed.evaluation import STSResult, evaluate, score_task
 from lmembed.model.embedder import EmbeddingSpec
 
 
@@ -168,11 +160,11 @@ def test_evaluate_result_shape(tmp_path: Path, caplog) -> None:
     assert result["average"]["spearman"] == pytest.approx(mean)
     assert json.loads(json.dumps(result)) == result
 
-    path = save_results(STSResult.from_dict(result), tmp_path / "out" / "result.json")
-    assert load_results(path).to_dict() == result
+    path = STSResult.from_dict(result).save(tmp_path / "out" / "result.json")
+    assert STSResult.load(path).to_dict() == result
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="bad.json: not an lmembed STS result"):
-        load_results(tmp_path / "bad.json")
+        STSResult.load(tmp_path / "bad.json")
 
 
 def test_base_model_scores_are_cached(tmp_path: Path) -> None:
@@ -218,10 +210,10 @@ def _result(model: str, scores: dict[str, float], adapter: str | None = None) ->
 def test_compare_and_markdown() -> None:
     base = _result("Qwen/Qwen2-0.5B", {"stsb": 50.0, "biosses": 60.0, "sts12": 40.0})
     tuned = _result("Qwen/Qwen2-0.5B", {"stsb": 80.5, "biosses": 70.25}, adapter="runs/a")
-    table = compare(base, tuned)
+    table = tuned.compare(base)
     assert "| stsb | 50.00 | 80.50 | +30.50 |" in table
     assert "| sts12 | 40.00 | – | – |" in table
     assert "| **average** (2 tasks) | 55.00 | 75.38 | +20.38 |" in table
     assert "adapter runs/a" in table
-    text = to_markdown(tuned)
+    text = tuned.to_markdown()
     assert "| stsb | 80.50 | 79.50 | 10 |" in text and "**average**" in text

@@ -18,7 +18,6 @@ from lmembed import Embedder  # noqa: E402
 from lmembed.data.retrieval import load_retrieval  # noqa: E402
 from lmembed.evaluation.retrieval import (  # noqa: E402
     RetrievalResult,
-    compare_retrieval,
     evaluate_retrieval,
     score_retrieval_task,
 )
@@ -146,7 +145,7 @@ def test_json_round_trip_markdown_and_compare(embedder, tmp_path, cache) -> None
     tuned = RetrievalResult.from_dict(
         {**data, "tasks": {"toy": {**data["tasks"]["toy"], "ndcg@10": 99.0}}}
     )
-    diff = compare_retrieval(result, tuned, metrics=["ndcg@10"])
+    diff = tuned.compare(result, metrics=["ndcg@10"])
     assert f"| toy | NDCG@10 | {ndcg:.2f} | 99.00 | {99.0 - ndcg:+.2f} |" in diff
     with pytest.raises(ValueError, match="not an lmembed retrieval result"):
         RetrievalResult.from_dict({"tasks": {}})

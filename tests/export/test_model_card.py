@@ -8,7 +8,8 @@ import pytest
 from huggingface_hub import ModelCard
 from tiny_models import random_lora_adapter
 
-from lmembed.cli import _eval_json, main
+from lmembed.cli import main
+from lmembed.evaluation import EvalRun
 from lmembed.evaluation.retrieval import RetrievalResult, TaskRetrieval
 from lmembed.evaluation.sts import STSResult, TaskScore
 from lmembed.export import FORMATS, export
@@ -91,8 +92,8 @@ def results_file(tmp_path_factory):
         metrics = {name: value + shift for name, value in retrieval.items()}
         return RetrievalResult(spec, {"stsb-paraphrase-mini": TaskRetrieval(metrics, 309, 1500)})
 
-    data = _eval_json(sts(81.25), ranking(0.0), sts(12.0), ranking(-20.0))
-    return _write_json(tmp_path_factory.mktemp("results") / "scores.json", data)
+    run = EvalRun(sts(81.25), ranking(0.0)).against(EvalRun(sts(12.0), ranking(-20.0)))
+    return run.save(tmp_path_factory.mktemp("results") / "scores.json")
 
 
 def test_sentence_transformers_card_holds_the_best_step_and_results_scores(

@@ -18,7 +18,7 @@ backend, summarised as median (min-max). Quality: Spearman x100 on the quick STS
 (stsb, biosses, sts17) for lmembed's fp32 and int8 graphs.
 
     bench/st_backends_env.sh   # once
-    flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_backends.py
+    flock /tmp/lmembed-cpu.lock .venv/bin/python -m bench.bench_backends
 
 writes ``bench/results/backends.json`` and the "CPU inference backends" section of
 ``docs/benchmarks.md``.
@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import (
-    RESULTS,
+
+from bench.common import (
     ROOT,
     alternating,
     cosines,
@@ -46,16 +46,16 @@ from common import (
     environment,
     environment_block,
     fmt_ratio,
-    replace_section,
+    load_result,
+    publish,
     save_result,
     spread,
     sts_sentences,
     table,
 )
-
 from lmembed.system import native_bf16
 
-HEADING = "CPU inference backends"
+NAME, HEADING = "backends", "CPU inference backends"
 BATCH = 32
 USABLE_COSINE = 0.9  # an engine whose vectors fall below this is no option (lmembed refuses it)
 OV_TYPES = {"fp32": "f32", "bf16": "bf16"}
@@ -262,9 +262,11 @@ def against_fastest_st(result: dict) -> dict:
     return {**result, "fastest_st": fastest, "vs_fastest_st": ratios}
 
 
-def section(results: list[dict], env: dict) -> str:
+def render(saved: dict) -> str:
+    """The section from the saved results: ``environment`` and one result per model."""
+    results = saved["results"]
     parts = [
-        environment_block(env, target="bench/bench_backends.py"),
+        environment_block(saved["environment"], target="python -m bench.bench_backends"),
         "",
         "Texts: the first N distinct STSb test sentences; batch 32; max length = the model's "
         "lmembed default (MiniLM 256, gemma 128); all fp32 unless marked int8 (ONNX Runtime "
@@ -346,7 +348,7 @@ def verdict(result: dict) -> str:
     return text
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="all-minilm-l6-v2,gemma-3-270m")
     parser.add_argument("--texts", type=int, default=1000)
@@ -355,21 +357,29 @@ def main() -> None:
     parser.add_argument(
         "--from-results", action="store_true", help="only rewrite the docs section from the JSON"
     )
-    args = parser.parse_args()
-    if args.from_results:
-        saved = json.loads((RESULTS / "backends.json").read_text(encoding="utf-8"))
-        saved["results"] = [against_fastest_st(result) for result in saved["results"]]
-        save_result("backends", saved)
-        replace_section(HEADING, section(saved["results"], saved["environment"]))
-        return
+    return parser
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Every model's engines; the results so far are saved after each model."""
     env = environment()
     results = []
     for model in args.models.split(","):
         print(f"{model}:", flush=True)
         result = bench_model(model, args.texts, args.repeats, not args.no_quality)
         results.append(against_fastest_st(result))
-        save_result("backends", {"environment": env, "results": results})
-    replace_section(HEADING, section(results, env))
+        save_result(NAME, {"environment": env, "results": results})
+    return {"environment": env, "results": results}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    if args.from_results:  # the speed-ups again, by the current rule
+        saved = load_result(NAME)
+        saved["results"] = [against_fastest_st(result) for result in saved["results"]]
+    else:
+        saved = measure(args)
+    publish(NAME, HEADING, saved, render)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ share of the time larger, so the streaming/sharding overhead measured here is an
 upper bound. Then a streamed run is SIGKILLed mid-way and resumed; the work lost
 is the rows encoded before the kill that the resume encodes again.
 
-    flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_corpus_encode.py \
+    flock /tmp/lmembed-cpu.lock .venv/bin/python -m bench.bench_corpus_encode \
         --sizes 10000,1000000 --shard-size 50000
 
 writes ``bench/results/corpus_encode.json`` and the "Corpus encoding" section of
@@ -16,12 +16,14 @@ writes ``bench/results/corpus_encode.json`` and the "Corpus encoding" section of
 whatever else the machine runs; ``--paired N --repeat R`` measures it properly: R
 alternating pairs of streamed and in-memory runs on N texts, summarised per pair
 (``corpus_encode_paired.json``, section "Corpus encoding: paired throughput").
+
+A results file may carry a ``note`` (added by hand): a remark on the streaming throughput
+figure of that run, which the section prints after it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -29,19 +31,22 @@ import sys
 import time
 from pathlib import Path
 
-from common import (
+from bench.common import (
     ROOT,
     alternating,
     environment,
     environment_block,
     fmt_ratio,
     paired_ratio,
-    replace_section,
+    publish,
     run_worker,
-    save_result,
+    worker_command,
+    worker_env,
+    worker_main,
 )
 
-HEADING = "Corpus encoding"
+NAME, HEADING = "corpus_encode", "Corpus encoding"
+PAIRED_NAME, PAIRED_HEADING = "corpus_encode_paired", "Corpus encoding: paired throughput"
 BATCH = 256
 
 
@@ -102,22 +107,23 @@ def kill_and_resume(model: str, corpus: Path, out: Path, shard_size: int, rows: 
 
     params = {"model": model, "corpus": str(corpus), "output": str(out),
               "shard_size": shard_size, "workdir": str(out)}  # fmt: skip
-    command = [sys.executable, __file__, "--worker", "stream", "--params", json.dumps(params),
-               "--result", str(out / "killed.json")]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = worker_command(__spec__.name, "stream", params, out / "killed.json")
+    process = subprocess.Popen(
+        command, env=worker_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     time.sleep(kill_after_s)
     process.send_signal(signal.SIGKILL)
     process.wait()
     shards = -(-rows // shard_size)
     kept = [i for i in range(shards) if finished_entry(out, i) is not None]
-    resumed = run_worker(__file__, "stream", params)
+    resumed = run_worker(__spec__.name, "stream", params)
     redone = shards - len(kept)
     return {"killed_after_s": kill_after_s, "shards": shards, "shards_kept": len(kept),
             "shards_reencoded": redone, "resume_seconds": round(resumed["seconds"], 2),
             "rows_lost_at_most": min(shard_size, rows - len(kept) * shard_size)}  # fmt: skip
 
 
-def paired(model: str, work: Path, n: int, shard_size: int, repeat: int) -> None:
+def paired(model: str, work: Path, n: int, shard_size: int, repeat: int) -> dict:
     """Alternating streamed / in-memory runs on ``n`` texts; per-pair throughput ratios."""
     corpus = write_corpus(work / f"corpus-{n}.txt", n)
     seconds: dict[str, list[float]] = {"stream": [], "memory": []}
@@ -126,7 +132,7 @@ def paired(model: str, work: Path, n: int, shard_size: int, repeat: int) -> None
             output = work / f"paired-{name}" if name == "stream" else work / "paired.npy"
             subprocess.run(["rm", "-rf", str(output)], check=True)
             result = run_worker(
-                __file__,
+                __spec__.name,
                 name,
                 {
                     "model": model,
@@ -138,22 +144,11 @@ def paired(model: str, work: Path, n: int, shard_size: int, repeat: int) -> None
             seconds[name].append(result["seconds"])
             print(name, round(result["seconds"], 2), flush=True)
     ratio = paired_ratio(seconds["memory"], seconds["stream"])  # throughput stream / memory
-    result = {"environment": environment(), "texts": n, "shard_size": shard_size,
-              "batch_size": BATCH, "seconds": seconds, "throughput_ratio": ratio}  # fmt: skip
-    save_result("corpus_encode_paired", result)
-    replace_section("Corpus encoding: paired throughput", "\n".join([
-        f"{repeat} alternating pairs of a streamed (`encode_corpus`, shards of {shard_size:,}) "
-        f"and an in-memory run on {n:,} generated texts, tiny random llama, batch {BATCH}, "
-        "each run in a fresh process: streamed throughput is "
-        f"**{fmt_ratio(ratio)}** the in-memory call's (median, min-max over pairs; target "
-        f"within 5%: **{'met' if abs(ratio['median'] - 1) <= 0.05 else 'not met'}** on the "
-        "median).",
-        "",
-        environment_block(result["environment"], target="python bench/bench_corpus_encode.py"),
-    ]))  # fmt: skip
+    return {"environment": environment(), "texts": n, "shard_size": shard_size,
+            "batch_size": BATCH, "seconds": seconds, "throughput_ratio": ratio}  # fmt: skip
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="10000,1000000", help="corpus sizes (texts)")
     parser.add_argument("--shard-size", type=int, default=50_000)
@@ -161,13 +156,16 @@ def main() -> None:
     parser.add_argument("--paired", type=int, default=0, help="only the paired throughput, N texts")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workdir", default="/tmp/lmembed-bench-corpus")
-    args = parser.parse_args()
+    return parser
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """The sizes and the kill, or with ``--paired`` only the paired throughput."""
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     model = str(_tiny_model(work / "tiny-llama"))
     if args.paired:
-        paired(model, work, args.paired, args.shard_size, args.repeat)
-        return
+        return paired(model, work, args.paired, args.shard_size, args.repeat)
     sizes = [int(s) for s in args.sizes.split(",")]
     runs = []
     for n in sizes:
@@ -175,9 +173,9 @@ def main() -> None:
         for name in ("stream", "memory"):
             output = work / f"{name}-{n}" if name == "stream" else work / f"memory-{n}.npy"
             subprocess.run(["rm", "-rf", str(output)], check=True)
-            result = run_worker(__file__, name, {"model": model, "corpus": str(corpus),
-                                                 "output": str(output),
-                                                 "shard_size": args.shard_size})  # fmt: skip
+            result = run_worker(__spec__.name, name, {"model": model, "corpus": str(corpus),
+                                                      "output": str(output),
+                                                      "shard_size": args.shard_size})  # fmt: skip
             runs.append({"system": name, "texts": n, "seconds": round(result["seconds"], 2),
                          "texts_per_s": round(n / result["seconds"], 1),
                          "peak_rss_mib": result["peak_rss_mib"]})  # fmt: skip
@@ -188,13 +186,23 @@ def main() -> None:
     kill = kill_and_resume(model, work / f"corpus-{largest}.txt", kill_dir, args.shard_size,
                            largest, args.kill_after_s)  # fmt: skip
     print(kill, flush=True)
-    result = {"environment": environment(), "shard_size": args.shard_size, "batch_size": BATCH,
-              "runs": runs, "kill_and_resume": kill}  # fmt: skip
-    save_result("corpus_encode", result)
-    replace_section(HEADING, render(result))
+    return {"environment": environment(), "shard_size": args.shard_size, "batch_size": BATCH,
+            "runs": runs, "kill_and_resume": kill}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    results = measure(args)
+    if args.paired:
+        publish(PAIRED_NAME, PAIRED_HEADING, results, render)
+    else:
+        publish(NAME, HEADING, results, render)
 
 
 def render(result: dict) -> str:
+    """The "Corpus encoding" section, or from ``--paired`` results its paired throughput."""
+    if "throughput_ratio" in result:
+        return render_paired(result)
     runs = {(r["system"], r["texts"]): r for r in result["runs"]}
     sizes = sorted({r["texts"] for r in result["runs"]})
     small, large = sizes[0], sizes[-1]
@@ -224,18 +232,30 @@ def render(result: dict) -> str:
         "run never fills a shard.",
         "- Every worker runs with 1 torch thread (the line below gives the parent's).",
         f"- Streaming throughput at {large:,} texts: **{ratio:.3f}x** the in-memory call "
-        "(target: within 5%).",
+        "(target: within 5%)" + (f": {result['note']}" if result.get("note") else "."),
         f"- Killed after {kill['killed_after_s']:g} s: {kill['shards_kept']} of "
         f"{kill['shards']} shards were finished and kept; the resume encoded the other "
         f"{kill['shards_reencoded']} in {kill['resume_seconds']} s, so at most "
         f"{kill['rows_lost_at_most']:,} rows (the shard in progress) were encoded twice.",
-        environment_block(result["environment"], target="python bench/bench_corpus_encode.py"),
+        environment_block(result["environment"], target="python -m bench.bench_corpus_encode"),
+    ])  # fmt: skip
+
+
+def render_paired(result: dict) -> str:
+    ratio, shard_size = result["throughput_ratio"], result["shard_size"]
+    return "\n".join([
+        f"{len(ratio['values'])} alternating pairs of a streamed (`encode_corpus`, shards of "
+        f"{shard_size:,}) and an in-memory run on {result['texts']:,} generated texts, tiny "
+        f"random llama, batch {result['batch_size']}, each run in a fresh process: streamed "
+        f"throughput is **{fmt_ratio(ratio)}** the in-memory call's (median, min-max over "
+        "pairs; target within 5%: "
+        f"**{'met' if abs(ratio['median'] - 1) <= 0.05 else 'not met'}** on the median).",
+        "",
+        environment_block(result["environment"], target="python -m bench.bench_corpus_encode"),
     ])  # fmt: skip
 
 
 if __name__ == "__main__":
-    from common import worker_main
-
     if not worker_main(WORKERS):
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         main()

@@ -8,7 +8,7 @@ of 32 at steps spread over the epoch. The baseline in the same run is the in-mem
 path this replaces: every row parsed into Python lists (what ``load_triplets`` did).
 Repeats alternate the systems; values are medians over repeats.
 
-    flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_data.py
+    flock /tmp/lmembed-cpu.lock .venv/bin/python -m bench.bench_data
 
 writes ``bench/results/data.json`` and the "Training data from disk" section of
 ``docs/benchmarks.md``.
@@ -24,11 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (
+from bench.common import (
     alternating,
     environment,
     environment_block,
-    replace_section,
+    publish,
     run_worker,
     save_result,
     spread,
@@ -36,7 +36,7 @@ from common import (
     worker_main,
 )
 
-HEADING = "Training data from disk"
+NAME, HEADING = "data", "Training data from disk"
 BATCH = 32
 
 
@@ -105,12 +105,15 @@ def memory_worker(path: str, workdir: str) -> dict:
 WORKERS = {"stream": stream_worker, "in-memory": memory_worker}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 2_000_000])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
-    args = parser.parse_args()
+    return parser
+
+
+def measure(args: argparse.Namespace) -> dict:
     env = environment()
     runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="lmembed-bench-data-") as tmp:
@@ -121,15 +124,21 @@ def main() -> None:
         for repeat in range(args.repeats):
             for rows in args.rows:
                 for system in alternating(list(WORKERS), repeat):
-                    result = run_worker(__file__, system, {"path": str(files[rows])})
+                    result = run_worker(__spec__.name, system, {"path": str(files[rows])})
                     result["file_mib"] = round(files[rows].stat().st_size / 2**20, 1)
                     runs.setdefault(f"{system}/{rows}", []).append(result)
                     print(system, rows, result, flush=True)
     summary = {key: _summarise(values) for key, values in runs.items()}
-    save_result("data", {"environment": env, "batch_size": BATCH, "runs": runs,
-                         "summary": summary})  # fmt: skip
-    if not args.no_doc:
-        replace_section(HEADING, _doc(env, summary, args))
+    return {"environment": env, "batch_size": BATCH, "runs": runs, "summary": summary}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    results = measure(args)
+    if args.no_doc:
+        save_result(NAME, results)
+    else:
+        publish(NAME, HEADING, results, render)
 
 
 def _summarise(values: list[dict]) -> dict:
@@ -140,7 +149,9 @@ def _summarise(values: list[dict]) -> dict:
     return out
 
 
-def _doc(env: dict, summary: dict, args: argparse.Namespace) -> str:
+def render(results: dict) -> str:
+    summary = results["summary"]
+    repeats = len(next(iter(results["runs"].values())))
     rows = []
     for key, s in summary.items():
         system, _ = key.split("/")
@@ -150,7 +161,8 @@ def _doc(env: dict, summary: dict, args: argparse.Namespace) -> str:
                      f"{s['rows'] / s['load_s']['median'] / 1000:.0f}k",
                      round(s["peak_rss_mib"]["median"]), round(growth), first,
                      f"{s['batch_ms']['median']:.2f}"])  # fmt: skip
-    small, large = min(args.rows), max(args.rows)
+    sizes = [int(key.split("/")[1]) for key in summary]  # the --rows of the run
+    small, large = min(sizes), max(sizes)
     ratio = {
         sys_: summary[f"{sys_}/{large}"]["batch_ms"]["median"]
         / summary[f"{sys_}/{small}"]["batch_ms"]["median"]
@@ -163,16 +175,17 @@ def _doc(env: dict, summary: dict, args: argparse.Namespace) -> str:
     load = stream["load_s"]["median"] / memory["load_s"]["median"]
     return "\n\n".join(
         [
-            environment_block(env, target="make bench-all"),
+            environment_block(results["environment"], target="make bench-all"),
             f"`load_training_data` on generated jsonl files of short rows (anchor, positive, "
             "negative; about 40 bytes per text, 160 per jsonl line), "
-            f"{args.repeats} repeats, each measurement in a fresh process, medians. "
+            f"{repeats} repeats, each measurement in a fresh process, medians. "
             "*Stream* is lmembed's loader (one validating scan; the index keeps an 8-byte offset "
             "and two 4-byte text hashes per row; batches read their rows from disk). "
             "*In-memory* is the baseline it replaces: every row parsed into Python lists. "
-            f"Batch: {BATCH} rows at 50 steps spread over the epoch; the first batch also draws "
-            "the epoch's permutation and checks it for duplicate anchors/positives. "
-            "Peak RSS is the whole process; growth is peak minus the RSS after imports.",
+            f"Batch: {results['batch_size']} rows at 50 steps spread over the epoch; the first "
+            "batch also draws the epoch's permutation and checks it for duplicate "
+            "anchors/positives. Peak RSS is the whole process; growth is peak minus the RSS "
+            "after imports.",
             table(
                 [
                     "loader",

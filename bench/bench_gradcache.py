@@ -14,7 +14,7 @@ Step time is the median over steps 2..N of ``log.jsonl`` (step 1 warms up). Last
 fp32 step of batch 16 as one process, two processes and GradCache: the three losses must
 agree (in bf16 the rounding depends on how texts are chunked, so bf16 losses differ).
 
-    flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_gradcache.py
+    flock /tmp/lmembed-cpu.lock .venv/bin/python -m bench.bench_gradcache
 
 writes ``bench/results/gradcache.json`` and the "GradCache and multi-process training"
 section of ``docs/benchmarks.md``.
@@ -33,21 +33,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (
+from bench.common import (
     environment,
     environment_block,
     nli_path,
-    replace_section,
-    save_result,
+    publish,
     table,
+    worker_command,
+    worker_env,
     worker_main,
 )
-
 from lmembed.training.run_dir import read_metrics
 
-HEADING = "GradCache and multi-process training"
+NAME, HEADING = "gradcache", "GradCache and multi-process training"
 TARGET_RSS_RATIO = 0.5
-LAUNCHERS = {
+LAUNCHERS = {  # each runs this module (``-m``) as its worker
     "python": [sys.executable],
     "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone",
                  "--nproc_per_node=2"],
@@ -110,13 +110,13 @@ def run(name: str, launcher: str, argv: list[str], workdir: Path) -> dict:
     result_path = workdir / f"{name}.json"
     rank_dir = workdir / f"{name}.ranks"
     rank_dir.mkdir()
-    params = json.dumps({"argv": argv, "rank_dir": str(rank_dir)})
-    command = [*LAUNCHERS[launcher], __file__, "--worker", "train", "--params", params,
-               "--result", str(result_path)]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    params = {"argv": argv, "rank_dir": str(rank_dir)}
+    command = worker_command(__spec__.name, "train", params, result_path, LAUNCHERS[launcher])
     started = time.perf_counter()
     with (workdir / f"{name}.err").open("w+") as stderr:
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        process = subprocess.Popen(
+            command, env=worker_env(), stdout=subprocess.DEVNULL, stderr=stderr
+        )
         _, status, usage = os.wait4(process.pid, 0)
         if os.waitstatus_to_exitcode(status) != 0:
             stderr.seek(0)
@@ -142,7 +142,7 @@ def run(name: str, launcher: str, argv: list[str], workdir: Path) -> dict:
     return result
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--data", type=Path, default=None, help="default: the shared NLI file")
@@ -151,7 +151,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="steps of the memory comparison")
     parser.add_argument("--dp-batch", type=int, default=16, help="batch of the 2-vs-1 comparison")
     parser.add_argument("--dp-steps", type=int, default=6, help="steps of the 2-vs-1 comparison")
-    args = parser.parse_args()
+    return parser
+
+
+def measure(args: argparse.Namespace) -> dict:
     args.data = args.data or nli_path()
     env = environment()
 
@@ -190,14 +193,20 @@ def main() -> None:
             abs(loss - fp32_losses["fp32_one_process"]) for loss in fp32_losses.values()
         ),
     }
-    save_result("gradcache", {"environment": env, "args": vars(args) | {"data": str(args.data)},
-                              "runs": runs, "ratios": ratios})  # fmt: skip
-    replace_section(HEADING, section(args, env, runs, ratios))
-    print(json.dumps(ratios, indent=2))
+    return {"environment": env, "args": vars(args) | {"data": str(args.data)}, "runs": runs,
+            "ratios": ratios}  # fmt: skip
 
 
-def section(args: argparse.Namespace, env: dict, runs: dict, ratios: dict) -> str:
+def main(argv: list[str] | None = None) -> None:
+    results = measure(parser().parse_args(argv))
+    publish(NAME, HEADING, results, render)
+    print(json.dumps(results["ratios"], indent=2))
+
+
+def render(results: dict) -> str:
     """The docs/benchmarks.md section: setup, one table, the ratios against their targets."""
+    args = argparse.Namespace(**results["args"])
+    env, runs, ratios = results["environment"], results["runs"], results["ratios"]
     names = {
         "plain": f"plain, batch {args.batch}",
         "gradcache": f"GradCache, batch {args.batch}, `--mini-batch-size {args.mini_batch}`",
@@ -254,11 +263,11 @@ def section(args: argparse.Namespace, env: dict, runs: dict, ratios: dict) -> st
         f"{ratios['fp32_step1_loss_max_abs_diff']:.1e}). In bf16 the same comparison differs "
         "more (see `losses` in the JSON), because bf16 rounding depends on how the texts are "
         "chunked and padded.",
-        "GPU: `bench/gpu_check.py` (random Gemma-3-270M, 20 bf16 steps at batch 32 and at "
-        "batch 256 with GradCache, then a CPU/GPU parity check of fp32 vectors) has not run "
+        "GPU: `bench/diagnostics/gpu_check.py` (random Gemma-3-270M, 20 bf16 steps at batch 32 "
+        "and at batch 256 with GradCache, then a CPU/GPU parity check of fp32 vectors) has not run "
         "on a GPU yet (the H200 lent on 2026-12-01 found it broken by a moved import, fixed "
-        "since and covered by a smoke test); `python bench/gpu_check.py --smoke` runs it on "
-        "CPU.",
+        "since and covered by a smoke test); `python -m bench.diagnostics.gpu_check --smoke` "
+        "runs it on CPU.",
     ])  # fmt: skip
 
 

@@ -9,7 +9,7 @@ linear layer) and checks the two give the same vectors. Both embedders live in o
 process; each repeat encodes everything once per form, in alternating order, after one
 warm-up batch each.
 
-    flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_merge.py --adapter DIR
+    flock /tmp/lmembed-cpu.lock .venv/bin/python -m bench.bench_merge --adapter DIR
 
 writes ``bench/results/merge.json`` and the "LoRA merged for inference" section of
 ``docs/benchmarks.md``.
@@ -18,35 +18,35 @@ writes ``bench/results/merge.json`` and the "LoRA merged for inference" section 
 from __future__ import annotations
 
 import argparse
-import statistics
 
-from common import (
+from bench.common import (
     cosines,
     environment,
     environment_block,
     fmt_ratio,
     paired_ratio,
-    replace_section,
-    save_result,
+    publish,
     spread,
     sts_sentences,
     table,
     timed_rounds,
 )
 
-HEADING = "LoRA merged for inference"
+NAME, HEADING = "merge", "LoRA merged for inference"
 DEFAULT_ADAPTER = "runs/equal-time/runs/default"  # ablations/cpu-equal-time.yaml, seed 42
 MIN_COSINE = 0.9999
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapter", default=DEFAULT_ADAPTER, help="a trained adapter folder")
     parser.add_argument("--sentences", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
-    args = parser.parse_args()
+    return parser
 
+
+def measure(args: argparse.Namespace) -> dict:
     from lmembed import Embedder
 
     texts = sts_sentences(args.sentences)
@@ -64,37 +64,45 @@ def main() -> None:
     agreement = cosines(vectors["merged"], vectors["separate"])
     if agreement.min() < MIN_COSINE:
         raise SystemExit(f"merged and separate LoRA disagree: min cosine {agreement.min():.6f}")
-    speedup = paired_ratio(seconds["separate"], seconds["merged"])
-    env = environment()
-    spec = forms["merged"].spec
-    save_result("merge", {
+    return {
         "what": f"encoding {len(texts)} STSb sentences with {args.adapter}, fp32, batch "
                 f"{args.batch_size}",
-        "environment": env,
-        "model": spec.model,
+        "environment": environment(),
+        "model": forms["merged"].spec.model,
         "lora_targets": sorted(targets),
         "seconds": {name: spread(values) for name, values in seconds.items()},
-        "merged_speedup": speedup,
+        "merged_speedup": paired_ratio(seconds["separate"], seconds["merged"]),
         "min_cosine": round(float(agreement.min()), 7),
-    })  # fmt: skip
+        "texts": len(texts),
+        "adapter": args.adapter,
+        "batch_size": args.batch_size,
+    }  # fmt: skip
 
+
+def render(results: dict) -> str:
+    texts, seconds, speedup = results["texts"], results["seconds"], results["merged_speedup"]
     rows = [
-        [name, f"{len(texts) / statistics.median(seconds[name]):.1f}",
-         f"{statistics.median(seconds[name]):.1f}"]
-        for name in forms
-    ]  # fmt: skip
-    body = "\n\n".join([
-        environment_block(env, target="bench/bench_merge.py"),
-        f"{spec.model} with the adapter `{args.adapter}` (LoRA on {', '.join(sorted(targets))}), "
-        f"fp32, the first {len(texts)} distinct sentences of STSb test, batch "
-        f"{args.batch_size}. Both forms in one process, {args.repeats} repeats in alternating "
-        "order after a warm-up batch; medians, and the per-repeat ratio as median (min-max).",
+        [name, f"{texts / spread['median']:.1f}", f"{spread['median']:.1f}"]
+        for name, spread in seconds.items()
+    ]
+    return "\n\n".join([
+        environment_block(results["environment"], target="python -m bench.bench_merge"),
+        f"{results['model']} with the adapter `{results['adapter']}` (LoRA on "
+        f"{', '.join(results['lora_targets'])}), fp32, the first {texts} distinct sentences of "
+        f"STSb test, batch {results['batch_size']}. Both forms in one process, "
+        f"{len(speedup['values'])} repeats in alternating order after a warm-up batch; "
+        "medians, and the per-repeat ratio as median (min-max).",
         table(["LoRA", "sentences/s", "seconds"], rows),
         f"- merged vs separate: {fmt_ratio(speedup)}; the vectors agree to a cosine of "
-        f"{agreement.min():.7f} at least (the check: ≥ {MIN_COSINE}).",
+        f"{results['min_cosine']:.7f} at least (the check: ≥ {MIN_COSINE}).",
     ])  # fmt: skip
-    replace_section(HEADING, body)
-    print(f"merged vs separate: {fmt_ratio(speedup)}, min cosine {agreement.min():.7f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    results = measure(parser().parse_args(argv))
+    publish(NAME, HEADING, results, render)
+    print(f"merged vs separate: {fmt_ratio(results['merged_speedup'])}, "
+          f"min cosine {results['min_cosine']:.7f}")  # fmt: skip
 
 
 if __name__ == "__main__":

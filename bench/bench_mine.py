@@ -4,11 +4,14 @@ Builds a corpus of ``--documents`` texts from the shared data (every distinct ST
 sentence, then pairs of them joined as two-sentence passages until the size is reached),
 mines negatives for SNLI's entailment pairs over it, and writes bench/results/mine.json.
 
-    flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_mine.py --documents 100000
+    flock /tmp/lmembed-cpu.lock .venv/bin/python -m bench.bench_mine --documents 100000
 
 ``--search-only`` times the exact chunked search alone on random vectors (``--queries``
 anchors x ``--documents`` x 384 dims, top 110), the part of mining that grows with the
 corpus beyond encoding it; results go to bench/results/mine-search.json.
+
+It has no section of docs/benchmarks.md (so no ``render``): docs/retrieval.md quotes its
+figures by hand.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import argparse
 import json
 import random
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,13 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, data_dir, environment  # noqa: E402
-
-from lmembed import Embedder  # noqa: E402
-from lmembed.io import atomic_write_json  # noqa: E402
-from lmembed.retrieval.mine import MineOptions, mine  # noqa: E402
-from lmembed.retrieval.search import TopK  # noqa: E402
+from bench.common import data_dir, environment, save_result
+from lmembed import Embedder
+from lmembed.retrieval.mine import MineOptions, mine
+from lmembed.retrieval.search import TopK
 
 
 def sentences(root: Path) -> list[str]:
@@ -102,7 +101,7 @@ def search_only(queries: int, documents: int, chunk: int = 16384, dim: int = 384
     }
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--documents", type=int, default=100_000)
     parser.add_argument("--model", default="all-minilm-l6-v2")
@@ -110,13 +109,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--search-only", action="store_true")
     parser.add_argument("--queries", type=int, default=6162)
-    args = parser.parse_args()
+    return parser
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Mining over the corpus, or with ``--search-only`` the search alone."""
     torch.set_num_threads(args.threads)
     if args.search_only:
-        result = search_only(args.queries, args.documents)
-        atomic_write_json(RESULTS / "mine-search.json", result)
-        print(json.dumps({k: v for k, v in result.items() if k != "environment"}, indent=2))
-        return
+        return search_only(args.queries, args.documents)
     root = data_dir()
     texts = sentences(root)
     rng = random.Random(0)
@@ -148,7 +148,7 @@ def main() -> None:
         started = time.perf_counter()
         summary = mine(timed, options, progress=True)
         wall = time.perf_counter() - started
-    result = {
+    return {
         "documents": len(texts),
         "pairs": len(pairs),
         "model": args.model,
@@ -162,7 +162,12 @@ def main() -> None:
         "summary": summary.to_dict(),
         "environment": environment(),
     }
-    atomic_write_json(RESULTS / "mine.json", result)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    result = measure(args)
+    save_result("mine-search" if args.search_only else "mine", result)
     print(json.dumps({k: v for k, v in result.items() if k != "environment"}, indent=2))
 
 

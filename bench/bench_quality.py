@@ -12,7 +12,7 @@ recorded with the scores: the reference's cheaper quality-run forward and the ``
 reproduce the reference's own embeddings, and the ``Embedder`` reproduces
 sentence-transformers' own ``encode``.
 
-    flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_quality.py
+    flock /tmp/lmembed-cpu.lock .venv/bin/python -m bench.bench_quality
 
 writes ``bench/results/quality-<dtype>.json`` and the "Quality at equal budget (<dtype>)"
 section of ``docs/benchmarks.md``: one per dtype, so an fp32 comparison and a bf16 one
@@ -30,19 +30,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import (
+
+from bench.common import (
     RESULTS,
     data_dir,
     environment,
     environment_block,
     nli_path,
-    replace_section,
+    publish,
     run_worker,
-    save_result,
     table,
     worker_main,
 )
-from systems import (
+from bench.systems import (
     TRAINERS,
     Recipe,
     load_lora,
@@ -51,7 +51,6 @@ from systems import (
     reference_tokenize,
     st_model,
 )
-
 from lmembed.model.embedder import Embedder
 
 SYSTEMS = ("lmembed", "reference", "reference+eos", "sentence-transformers")
@@ -62,6 +61,11 @@ CHECK_TEXTS = 32
 
 def result_path(dtype: str) -> Path:
     return RESULTS / f"quality-{dtype}.json"
+
+
+def destination(dtype: str) -> tuple[str, str]:
+    """The results name and the docs heading of a run in ``dtype``: one of each per dtype."""
+    return result_path(dtype).stem, f"{HEADING} ({dtype})"
 
 
 def train_worker(system: str, recipe: dict, output: str, workdir: str) -> dict:
@@ -124,7 +128,7 @@ def score(embedder, tasks: str, cache: bool) -> dict:
     return {name: round(score.spearman, 2) for name, score in result.tasks.items()}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -146,8 +150,10 @@ def main() -> None:
         help="base weights of every system: bf16 as in the paper; fp32 where the CPU "
         "emulates bf16 (about 3x faster there)",
     )  # fmt: skip
-    args = parser.parse_args()
+    return parser
 
+
+def measure(args: argparse.Namespace) -> dict:
     systems = ("lmembed", *[name for name in SYSTEMS[1:] if name in args.systems])
     plan = Recipe(
         data=str(nli_path()), steps=args.steps, batch_size=args.batch_size, dtype=args.dtype
@@ -160,7 +166,20 @@ def main() -> None:
             seeds[str(seed)] = previous[str(seed)]
         else:
             seeds[str(seed)] = train_and_score(replace(plan, seed=seed), args.tasks, systems)
-    report(plan, args.tasks, seeds, systems)
+    return {
+        "what": f"STS Spearman x100 after {plan.steps} steps x {plan.batch_size}, "
+                f"gemma-3-270m, one run per system and seed ({', '.join(seeds)})",
+        "environment": environment(),
+        "recipe": plan.to_dict(),
+        "tasks": args.tasks,
+        "systems": systems,
+        "seeds": seeds,
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    results = measure(parser().parse_args(argv))
+    publish(*destination(results["recipe"]["dtype"]), results, render)
 
 
 def train_and_score(plan: Recipe, tasks: str, systems: tuple[str, ...]) -> dict:
@@ -174,7 +193,7 @@ def train_and_score(plan: Recipe, tasks: str, systems: tuple[str, ...]) -> dict:
         folders = {system: Path(tmp) / system for system in systems}
         for system in systems:
             params = {"system": system, "recipe": plan.to_dict(), "output": str(folders[system])}
-            runs[system] = run_worker(__file__, "train", params)
+            runs[system] = run_worker(__spec__.name, "train", params)
             print(f"seed {plan.seed}, {system}: trained in {sum(runs[system]['step_s']):.0f} s",
                   flush=True)  # fmt: skip
         embedder = build_embedder(plan.train_config()).eval()
@@ -209,18 +228,9 @@ def _previous(plan: Recipe, tasks: str, systems: tuple[str, ...]) -> dict:
     return old.get("seeds", {}) if same else {}
 
 
-def report(plan: Recipe, tasks: str, seeds: dict, systems: tuple[str, ...]) -> None:
-    env = environment()
-    save_result(result_path(plan.dtype).stem, {
-        "what": f"STS Spearman x100 after {plan.steps} steps x {plan.batch_size}, "
-                f"gemma-3-270m, one run per system and seed ({', '.join(seeds)})",
-        "environment": env,
-        "recipe": plan.to_dict(),
-        "tasks": tasks,
-        "systems": systems,
-        "seeds": seeds,
-    })  # fmt: skip
-
+def render(results: dict) -> str:
+    plan, seeds = Recipe(**results["recipe"]), results["seeds"]
+    systems = tuple(results["systems"])
     runs = list(seeds.values())
     names = [name for name in runs[0]["scores"]["lmembed"] if name != "average"]
     columns = [*names, "average"]
@@ -252,8 +262,8 @@ def report(plan: Recipe, tasks: str, seeds: dict, systems: tuple[str, ...]) -> N
         if len(runs) == 1
         else "The *per seed* column shows how far one system moves with the seed alone."
     )
-    body = "\n\n".join([
-        environment_block(env),
+    return "\n\n".join([
+        environment_block(results["environment"]),
         f"{how}; training alone took {minutes:.0f} minutes in all. {plan.steps} steps x "
         f"{plan.batch_size} on the shared NLI triplets (the same batches for all systems "
         f"at a given seed), lr {plan.lr} with {plan.warmup} warm-up steps and "
@@ -269,7 +279,6 @@ def report(plan: Recipe, tasks: str, seeds: dict, systems: tuple[str, ...]) -> N
         "\n".join(verdicts),
         checks_paragraph(plan, checks, systems),
     ])  # fmt: skip
-    replace_section(f"{HEADING} ({plan.dtype})", body)
 
 
 def verdict(runs: list[dict], other: str) -> str:

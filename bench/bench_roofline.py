@@ -24,7 +24,7 @@ LoRA's own FLOPs (r = 8: r (in + out) against in x out per layer, 1.9% of the ba
 are not counted. Achieved FLOP/s use real
 (unpadded) tokens; padded tokens are reported beside them.
 
-    flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_roofline.py
+    flock /tmp/lmembed-cpu.lock .venv/bin/python -m bench.bench_roofline
 
 writes ``bench/results/roofline.json`` and the "Roofline" section of ``docs/benchmarks.md``.
 """
@@ -38,18 +38,18 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
-from common import (
+
+from bench.common import (
     data_dir,
     demo_config,
     environment,
     environment_block,
-    replace_section,
-    save_result,
+    publish,
     table,
 )
-from lora_candidates import compute_in_base_dtype, use_fast_dropout
+from bench.lora_candidates import compute_in_base_dtype, use_fast_dropout
 
-HEADING = "Roofline"
+NAME, HEADING = "roofline", "Roofline"
 # Changes to the built embedder that the second training row may apply, by name.
 CHANGES = {"compute_in_base_dtype": compute_in_base_dtype, "use_fast_dropout": use_fast_dropout}
 # The second training row: the options and candidates that keep the recipe and won in
@@ -249,7 +249,7 @@ def profile(step, steps: int, lora_rank: int = 8) -> dict:
     return {"shares": shares, "other_kernels": {name: round(v / wall, 4) for name, v in top}}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=8, help="timed training steps")
     parser.add_argument("--profile-steps", type=int, default=2)
@@ -262,8 +262,10 @@ def main() -> None:
         "--fast-changes", nargs="*", default=FAST_CHANGES, choices=sorted(CHANGES),
         help="bench/lora_candidates.py changes applied in the second training row",
     )  # fmt: skip
-    args = parser.parse_args()
+    return parser
 
+
+def measure(args: argparse.Namespace) -> dict:
     training, embedder, step, shape = training_run(args.steps, [])
     peak = peaks((32 * 16, shape["hidden"], shape["intermediate"]))
     encoding = encoding_run(embedder, shape)
@@ -271,12 +273,14 @@ def main() -> None:
     fast = None
     if args.fast_options or args.fast_changes:
         fast = training_run(args.steps, args.fast_options, args.fast_changes)[0]
-    dtype = embedder.spec.dtype
-    result = {"environment": environment(), "model": embedder.spec.model, "dtype": dtype,
-              "shape": shape, "peak_gflops": peak, "training": training,
-              "training_fast": fast, "encoding": encoding, "profile": breakdown}  # fmt: skip
-    save_result("roofline", result)
-    write_docs(result)
+    return {"environment": environment(), "model": embedder.spec.model,
+            "dtype": embedder.spec.dtype, "shape": shape, "peak_gflops": peak,
+            "training": training, "training_fast": fast, "encoding": encoding,
+            "profile": breakdown}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    publish(NAME, HEADING, measure(parser().parse_args(argv)), render)
 
 
 def option_flags(options: Sequence[str], changes: Sequence[str] = ()) -> list[str]:
@@ -306,7 +310,7 @@ def ceiling_text(result: dict, peak: float) -> str:
     )
 
 
-def write_docs(result: dict) -> None:
+def render(result: dict) -> str:
     dtype = result["dtype"]
     peak = max(result["peak_gflops"][dtype].values())
     peaks_text = ", ".join(f"{max(v.values()):.0f} {k}" for k, v in result["peak_gflops"].items())
@@ -324,7 +328,7 @@ def write_docs(result: dict) -> None:
                      f"{run['real_tokens_per_s']:.0f}", f"{run['padded_tokens_per_s']:.0f}",
                      f"{achieved:.0f}", f"{100 * achieved / peak:.0f}%"])  # fmt: skip
     shape = result["shape"]
-    body = "\n".join([
+    return "\n".join([
         f"{result['model']} ({dtype}, what `--dtype auto` chose here): N = "
         f"{shape['linear_params'] / 1e6:.1f}M linear weights in {shape['layers']} layers, "
         f"attention width {shape['attention_width']}. Measured `torch.matmul` peak in the same "
@@ -352,9 +356,8 @@ def write_docs(result: dict) -> None:
         "",
         ceiling_text(result, peak),
         "",
-        environment_block(result["environment"], target="python bench/bench_roofline.py"),
+        environment_block(result["environment"], target="python -m bench.bench_roofline"),
     ])  # fmt: skip
-    replace_section(HEADING, body)
 
 
 if __name__ == "__main__":

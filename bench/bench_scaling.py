@@ -7,7 +7,7 @@ first. Batch size sweeps use the NLI triplets as they are (max_length 128); leng
 use texts made of many NLI sentences joined, so every text is cut at exactly max_length.
 One run per point: this is a curve, not a comparison.
 
-    flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_scaling.py
+    flock /tmp/lmembed-cpu.lock .venv/bin/python -m bench.bench_scaling
 
 writes ``bench/results/scaling.json``, ``docs/img/bench-scaling.png`` and the "Scaling"
 section of ``docs/benchmarks.md``.
@@ -20,20 +20,19 @@ import math
 import statistics
 from pathlib import Path
 
-from common import (
+from bench.common import (
     IMAGES,
     environment,
     environment_block,
     nli_path,
-    replace_section,
+    publish,
     run_worker,
-    save_result,
     table,
     worker_main,
 )
-from systems import Recipe, train_lmembed
+from bench.systems import Recipe, train_lmembed
 
-HEADING = "Scaling"
+NAME, HEADING = "scaling", "Scaling"
 PLOT = IMAGES / "bench-scaling.png"
 
 
@@ -60,7 +59,7 @@ def scale_worker(recipe: dict, join: int, workdir: str) -> dict:
 
 
 def point(plan: Recipe, join: int) -> dict:
-    run = run_worker(__file__, "scale", {"recipe": plan.to_dict(), "join": join})
+    run = run_worker(__spec__.name, "scale", {"recipe": plan.to_dict(), "join": join})
     step = statistics.median(run["step_s"][1:])
     result = {
         "batch_size": plan.batch_size,
@@ -91,7 +90,10 @@ def per_token(p: dict) -> str:
     return f"{1000 * p['step_s'] / (3 * p['batch_size'] * p['max_length']):.2f}"
 
 
-def plot(batches: list[dict], lengths: list[dict], length_batch: int) -> None:
+def plot(results: dict) -> None:
+    """``docs/img/bench-scaling.png``: step time and peak RSS of both sweeps."""
+    batches, lengths = results["batch_sweep"], results["length_sweep"]
+    length_batch = lengths[0]["batch_size"]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,42 +119,53 @@ def plot(batches: list[dict], lengths: list[dict], length_batch: int) -> None:
     fig.savefig(PLOT, dpi=110)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--lengths", type=int, nargs="+", default=[32, 64, 128, 256])
     parser.add_argument("--length-batch", type=int, default=8, help="batch for the length sweep")
     parser.add_argument("--steps", type=int, default=3, help="steps per point, the first untimed")
-    args = parser.parse_args()
+    return parser
 
+
+def joined_sentences(lengths: list[int]) -> int:
+    """NLI sentences per text of the length sweep: they have 5-50 tokens, so max_length/4
+    of them joined always pass max_length."""
+    return max(lengths) // 4
+
+
+def measure(args: argparse.Namespace) -> dict:
     data = str(nli_path())
     batches = [point(Recipe(data=data, steps=args.steps, batch_size=b), join=1)
                for b in args.batch_sizes]  # fmt: skip
-    # NLI sentences have 5-50 tokens: max_length/4 of them joined always pass max_length.
-    join = max(args.lengths) // 4
+    join = joined_sentences(args.lengths)
     lengths = [
         point(Recipe(data=data, steps=args.steps, batch_size=args.length_batch, max_length=n),
               join=join)
         for n in args.lengths
     ]  # fmt: skip
-    plot(batches, lengths, args.length_batch)
-    env = environment()
     exponents = {"batch_size": growth(batches, "batch_size"),
                  "max_length": growth(lengths, "max_length")}  # fmt: skip
-    save_result("scaling", {"what": "lmembed step time and peak RSS vs batch size and length",
-                            "environment": env, "batch_sweep": batches, "length_sweep": lengths,
-                            "growth_exponent": exponents})  # fmt: skip
+    return {"what": "lmembed step time and peak RSS vs batch size and length",
+            "environment": environment(), "batch_sweep": batches, "length_sweep": lengths,
+            "growth_exponent": exponents}  # fmt: skip
 
+
+def render(results: dict) -> str:
+    batches, lengths = results["batch_sweep"], results["length_sweep"]
+    exponents = results["growth_exponent"]
+    steps = len(batches[0]["all_step_s"])
+    join = joined_sentences([p["max_length"] for p in lengths])
     header = ["batch", "max tokens", "s/step", "ms/triplet", "peak RSS MiB"]
     rows = [[p["batch_size"], p["max_length"], f"{p['step_s']:.2f}", f"{p['ms_per_triplet']:.0f}",
              p["peak_rss_mib"]] for p in [*batches, *lengths]]  # fmt: skip
-    body = "\n\n".join([
-        environment_block(env),
-        f"One `lmembed train` process per point, {args.steps} steps, the median of steps "
+    return "\n\n".join([
+        environment_block(results["environment"]),
+        f"One `lmembed train` process per point, {steps} steps, the median of steps "
         "2.. as the step time; peak RSS includes the model load (about the same for every "
         "point). The first rows keep the NLI texts as they are (most are 10-30 tokens, so "
-        f"max_length 128 rarely cuts); the last rows use batch {args.length_batch} and texts "
-        f"of {join} joined NLI sentences, cut at exactly max tokens.",
+        f"max_length 128 rarely cuts); the last rows use batch {lengths[0]['batch_size']} and "
+        f"texts of {join} joined NLI sentences, cut at exactly max tokens.",
         table(header, rows),
         "![step time and peak memory against batch size and length](img/bench-scaling.png)",
         f"- Batch size: step time grows as batch^{exponents['batch_size']:.2f} from "
@@ -170,7 +183,12 @@ def main() -> None:
         "exponent near 1 means cost per token is flat; above 1, attention's quadratic term "
         "(or poorer cache use) shows; below 1, larger passes use the 2 cores better.",
     ])  # fmt: skip
-    replace_section(HEADING, body)
+
+
+def main(argv: list[str] | None = None) -> None:
+    results = measure(parser().parse_args(argv))
+    plot(results)
+    publish(NAME, HEADING, results, render)
 
 
 if __name__ == "__main__" and not worker_main({"scale": scale_worker}):

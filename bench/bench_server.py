@@ -14,7 +14,7 @@ the good ones have 1-3 STSb sentences and a random ``input_type``. It fails (exi
 on any 5xx, any unexpected status, or any vector that differs from ``Embedder.encode``
 (normalised) in this process (``lmembed.serving.loadtest``).
 
-    flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_server.py [--mode load]
+    flock /tmp/lmembed-cpu.lock .venv/bin/python -m bench.bench_server [--mode load]
 
 writes ``bench/results/server.json`` (throughput), ``bench/results/server_load.json``
 (load) and the "Embeddings server" section of ``docs/benchmarks.md`` from both.
@@ -36,13 +36,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 
 import httpx
-from common import (
-    RESULTS,
+
+from bench.common import (
     alternating,
     data_dir,
     environment,
     environment_block,
     fmt_ratio,
+    load_result,
     paired_ratio,
     replace_section,
     save_result,
@@ -51,6 +52,8 @@ from common import (
 )
 
 HEADING = "Embeddings server"
+# The results of each mode, by file name; the section is rendered from both.
+NAMES = {"throughput": "server", "load": "server_load"}
 SYSTEMS = {"micro-batching": [], "one call per request": ["--no-batching"]}
 LOAD_KEY = "bench-load-key"
 
@@ -122,7 +125,7 @@ def run_round(url: str, texts: list[str], concurrency: int) -> dict:
     }
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", default="both", choices=("throughput", "load", "both"))
     parser.add_argument("--model", default="smollm2-135m")
@@ -133,18 +136,37 @@ def main() -> None:
     parser.add_argument("--window-ms", type=float, default=5.0)
     parser.add_argument("--load-requests", type=int, default=500)
     parser.add_argument("--bad-fraction", type=float, default=0.1)
-    args = parser.parse_args()
-    failed = False
-    if args.mode in ("throughput", "both"):
-        throughput(args)
-    if args.mode in ("load", "both"):
-        failed = not load(args)
-    write_section()
-    if failed:
+    return parser
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """The results of the modes that ran, by file name (``server``, ``server_load``); each
+    is saved as soon as its mode ends, so a failing load test keeps the throughput's."""
+    results = {}
+    for mode, run in (("throughput", throughput), ("load", load)):
+        if args.mode in (mode, "both"):
+            results[NAMES[mode]] = run(args)
+            save_result(NAMES[mode], results[NAMES[mode]])
+    return results
+
+
+def passed(result: dict) -> bool:
+    """Whether every answer of the load test (its results) was as expected."""
+    return not result["problems"] and result["summary"]["server_errors"] == 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The modes' results, then the section from both saved files (a mode that did not run
+    keeps its earlier results)."""
+    measured = measure(parser().parse_args(argv))
+    body = render({name: load_result(name) for name in NAMES.values()})
+    replace_section(HEADING, body)
+    print(body)
+    if NAMES["load"] in measured and not passed(measured[NAMES["load"]]):
         sys.exit("load test failed: see the problems above and bench/results/server_load.json")
 
 
-def throughput(args: argparse.Namespace) -> None:
+def throughput(args: argparse.Namespace) -> dict:
     texts = sentences(args.requests)
     runs: dict[str, list[dict]] = {name: [] for name in SYSTEMS}
     with ExitStack() as stack:
@@ -174,12 +196,12 @@ def throughput(args: argparse.Namespace) -> None:
         "p99_speedup": ratio("p99_ms", invert=True),
     }
     params = {k: v for k, v in vars(args).items() if k not in ("load_requests", "bad_fraction")}
-    save_result("server", {"env": environment(), "params": params, "runs": runs,
-                           "summary": summary, "ratios": ratios})  # fmt: skip
+    return {"env": environment(), "params": params, "runs": runs, "summary": summary,
+            "ratios": ratios}  # fmt: skip
 
 
-def load(args: argparse.Namespace) -> bool:
-    """The mixed-input load test; True when every answer was as expected."""
+def load(args: argparse.Namespace) -> dict:
+    """The mixed-input load test (``passed`` says whether every answer was as expected)."""
     from lmembed import Embedder
     from lmembed.serving import ServerConfig
     from lmembed.serving.loadtest import (
@@ -207,29 +229,21 @@ def load(args: argparse.Namespace) -> bool:
     params = {k: getattr(args, k) for k in ("model", "dtype", "concurrency", "window_ms",
                                             "load_requests", "bad_fraction")}  # fmt: skip
     env = {**environment(), "load_average_1min": load_average}
-    save_result("server_load", {"env": env, "params": params, "summary": summary,
-                                "problems": problems})  # fmt: skip
     print(json.dumps(summary, indent=1))
     for problem in problems[:20]:
         print("PROBLEM", problem)
-    return not problems and summary["server_errors"] == 0
+    return {"env": env, "params": params, "summary": summary, "problems": problems}
 
 
-def _saved(name: str) -> dict | None:
-    path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def write_section() -> None:
-    """The "Embeddings server" section from both saved results (either may be missing)."""
+def render(results: dict) -> str:
+    """The "Embeddings server" section from both modes' results, by file name (either may
+    be None: no run has made it yet)."""
     parts = []
-    if (result := _saved("server")) is not None:
+    if (result := results.get(NAMES["throughput"])) is not None:
         parts.append(throughput_markdown(result))
-    if (result := _saved("server_load")) is not None:
+    if (result := results.get(NAMES["load"])) is not None:
         parts.append(load_markdown(result))
-    body = "\n\n".join(parts)
-    replace_section(HEADING, body)
-    print(body)
+    return "\n\n".join(parts)
 
 
 def throughput_markdown(result: dict) -> str:
@@ -271,7 +285,7 @@ def load_markdown(result: dict) -> str:
     verdict = (
         "**passed**: no 5xx, every status as expected, every good request's vectors equal "
         "`Embedder.encode` (normalised) in the client process"
-        if not result["problems"] and s["server_errors"] == 0
+        if passed(result)
         else f"**failed**: {len(result['problems'])} problems (`bench/results/server_load.json`)"
     )
     return "\n\n".join(

@@ -6,7 +6,7 @@ one encoding pass. Give several ``--adapter LABEL=PATH`` to compare adapters tra
 at the same budget (plain, then Matryoshka): the section then checks issue 16's
 targets against the first one's full-size float32 score.
 
-    flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_sizes.py \
+    flock /tmp/lmembed-cpu.lock .venv/bin/python -m bench.bench_sizes \
         --model gemma-3-270m --tasks all --dims 640,256,128,64 \
         --precisions float32,int8,binary --retrieval stsb-paraphrase-mini \
         --adapter plain=runs/demo/adapter --adapter matryoshka=runs/demo-mrl
@@ -18,27 +18,24 @@ writes ``bench/results/sizes.json``, ``docs/img/bench-sizes-LABEL.png`` and the
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
-from common import (
+from bench.common import (
     IMAGES,
-    RESULTS,
     data_dir,
     environment,
     environment_block,
-    replace_section,
-    save_result,
+    load_result,
+    publish,
 )
-
 from lmembed.io import atomic_write_bytes
 
-HEADING = "Quality against size"
+NAME, HEADING = "sizes", "Quality against size"
 # Issue 16: Matryoshka at 128 dims within 1.5 points of full-size plain; int8 within 0.3.
 TARGET_DIMS, TARGET_GAP, INT8_GAP = 128, 1.5, 0.3
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument(
@@ -60,22 +57,15 @@ def main() -> None:
         action="store_true",
         help="only rewrite the docs section from bench/results/sizes.json",
     )
-    args = parser.parse_args()
+    return parser
 
-    from lmembed.evaluation.sizes import SizeRow, SizeTable, evaluate_sizes
 
-    if args.from_results:
-        result = json.loads((RESULTS / "sizes.json").read_text())
-        tables = {run["label"]: SizeTable(run["spec"], [
-            SizeRow(r["dims"], r["precision"], r["bytes"], r["scores"]) for r in run["rows"]
-        ]) for run in result["runs"]}  # fmt: skip
-        write_docs(tables, result)
-        return
-
+def measure(args: argparse.Namespace) -> dict:
+    from lmembed.evaluation.sizes import evaluate_sizes
     from lmembed.model import Embedder
 
     adapters = [item.partition("=")[::2] for item in args.adapter] or [("base", None)]
-    runs, tables = [], {}
+    runs = []
     for label, adapter in adapters:
         embedder = Embedder.from_pretrained(model=args.model, adapter=adapter or None)
         started = time.perf_counter()
@@ -89,13 +79,32 @@ def main() -> None:
             batch_size=args.batch_size,
         )
         del embedder
-        tables[label] = table
         runs.append({"label": label, "elapsed_s": round(time.perf_counter() - started, 1),
                      **table.to_dict()})  # fmt: skip
-    result = {"environment": environment(), "tasks": args.tasks, "retrieval": args.retrieval,
-              "runs": runs}  # fmt: skip
-    save_result("sizes", result)
-    write_docs(tables, result)
+    return {"environment": environment(), "tasks": args.tasks, "retrieval": args.retrieval,
+            "runs": runs}  # fmt: skip
+
+
+def size_tables(result: dict) -> dict:
+    """Each run's ``SizeTable``, by label, from its saved rows."""
+    from lmembed.evaluation.sizes import SizeRow, SizeTable
+
+    return {run["label"]: SizeTable(run["spec"], [
+        SizeRow(r["dims"], r["precision"], r["bytes"], r["scores"]) for r in run["rows"]
+    ]) for run in result["runs"]}  # fmt: skip
+
+
+def plot(result: dict) -> None:
+    """``docs/img/bench-sizes-LABEL.png`` for each run."""
+    for label, table in size_tables(result).items():
+        atomic_write_bytes(IMAGES / f"bench-sizes-{label}.png", table.plot())
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    result = load_result(NAME) if args.from_results else measure(args)
+    plot(result)
+    publish(NAME, HEADING, result, render)
 
 
 def targets(tables: dict) -> list[str]:
@@ -125,12 +134,12 @@ def targets(tables: dict) -> list[str]:
     return [f"Reference: {first_label}, {full} dims, float32: **{reference:.2f}**.", "", *verdicts]
 
 
-def write_docs(tables: dict, result: dict) -> None:
-    """The plots and the "Quality against size" section, from one run's result."""
+def render(result: dict) -> str:
+    """The "Quality against size" section (the plots are ``plot``'s)."""
+    tables = size_tables(result)
     parts = []
     for run in result["runs"]:
         label, table = run["label"], tables[run["label"]]
-        atomic_write_bytes(IMAGES / f"bench-sizes-{label}.png", table.plot())
         spec = run["spec"]
         name = spec["model"] + (f" + adapter `{spec['adapter']}`" if spec.get("adapter") else "")
         parts += [f"### {label}: {name}", "",
@@ -138,7 +147,7 @@ def write_docs(tables: dict, result: dict) -> None:
                   table.to_markdown(), f"![quality against size: {label}]"
                   f"(img/bench-sizes-{label}.png)", ""]  # fmt: skip
     base_only = all(not run["spec"].get("adapter") for run in result["runs"])
-    body = "\n".join([
+    return "\n".join([
         f"STS Spearman x100 at each size and precision ({result['tasks']} tasks; int8 ranges "
         "calibrated on each task's own sentences; binary scored by Hamming distance); the "
         "average is over the STS tasks, retrieval NDCG@10 x100 (if any) stands beside it."
@@ -148,9 +157,8 @@ def write_docs(tables: dict, result: dict) -> None:
         *targets(tables),
         "",
         *parts,
-        environment_block(result["environment"], target="python bench/bench_sizes.py"),
+        environment_block(result["environment"], target="python -m bench.bench_sizes"),
     ])  # fmt: skip
-    replace_section(HEADING, body)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ trainer built from another config, or a tuple of both: the trainer built from th
 then every function applied (before its first step, so ``--compile`` traces the changed
 model).
 
-    flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_step_options.py
+    flock /tmp/lmembed-cpu.lock .venv/bin/python -m bench.bench_step_options
 
 writes ``bench/results/step_options.json`` and the "Training-step candidates" section of
 ``docs/benchmarks.md``.
@@ -50,22 +50,22 @@ import time
 from collections.abc import Callable
 
 import torch
-from common import (
+
+from bench.common import (
     RESULTS,
     alternating,
     demo_config,
     environment,
     environment_block,
     fmt_ratio,
-    replace_section,
-    save_result,
+    publish,
     spread,
     table,
 )
-from lora_candidates import compute_in_base_dtype, use_fast_dropout
-from packing import use_packing
+from bench.lora_candidates import compute_in_base_dtype, use_fast_dropout
+from bench.packing import use_packing
 
-HEADING = "Training-step candidates"
+NAME, HEADING = "step_options", "Training-step candidates"
 BASELINE = "current"
 
 
@@ -126,16 +126,19 @@ def trainer(candidate: Candidate, config, loss_fn) -> Callable[[tuple], float]:
     return step
 
 
-def main() -> None:
-    from lmembed.data.training import load_training_data
-    from lmembed.losses import build_loss
-    from lmembed.training.trainer import batch_texts
-
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=6, help="timed rounds")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiles)")
     parser.add_argument("--only", nargs="*", default=None, help="candidates to run")
-    args = parser.parse_args()
+    return parser
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Every candidate's steps; with ``--only``, the others' rows from the previous run."""
+    from lmembed.data.training import load_training_data
+    from lmembed.losses import build_loss
+    from lmembed.training.trainer import batch_texts
 
     config = demo_config()
     data = load_training_data(config.dataset)
@@ -167,10 +170,11 @@ def main() -> None:
         "seconds": seconds,
         "measured": dict.fromkeys(names, env["date"]),
     }  # fmt: skip
-    if args.only:
-        result = with_earlier_candidates(result)
-    save_result("step_options", result)
-    write_docs(result)
+    return with_earlier_candidates(result) if args.only else result
+
+
+def main(argv: list[str] | None = None) -> None:
+    publish(NAME, HEADING, measure(parser().parse_args(argv)), render)
 
 
 def with_earlier_candidates(result: dict) -> dict:
@@ -190,14 +194,14 @@ def with_earlier_candidates(result: dict) -> dict:
     return {**result, **{key: {**old[key], **result[key]} for key in per_candidate}}
 
 
-def write_docs(result: dict) -> None:
+def render(result: dict) -> str:
     rows = [
         [name, ", ".join(f"{s:.1f}" for s in result["warmup_s"][name]),
          f"{result['median_step_s'][name]:.2f}", fmt_ratio(result["speedup"][name]),
          result["measured"][name]]
         for name in result["median_step_s"]
     ]  # fmt: skip
-    body = "\n".join([
+    return "\n".join([
         f"{result['model']} ({result['dtype']}, what `--dtype auto` chose here), the demo "
         f"recipe's step (32 triplets), {result['rounds']} rounds; each round runs every "
         "trainer once on the same batch, in rotated order. Speed-up: the current step's "
@@ -207,9 +211,8 @@ def write_docs(result: dict) -> None:
         "",
         table(["candidate", "warm-up steps (s)", "median step s", "speed-up", "measured"], rows),
         "",
-        environment_block(result["environment"], target="bench/bench_step_options.py"),
+        environment_block(result["environment"], target="python -m bench.bench_step_options"),
     ])  # fmt: skip
-    replace_section(HEADING, body)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Same model (gemma-3-270m, bf16), the same first 640 NLI triplets and the same ba
 process; the systems alternate within each repeat. Throughput counts the steps after the
 first (warm-up) step; peak RSS is the process's whole life.
 
-    flock /tmp/lmembed-cpu.lock .venv/bin/python bench/bench_train.py
+    flock /tmp/lmembed-cpu.lock .venv/bin/python -m bench.bench_train
 
 writes ``bench/results/train.json`` and the "Training throughput and memory" section of
 ``docs/benchmarks.md``.
@@ -18,7 +18,7 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-from common import (
+from bench.common import (
     alternating,
     available_gib,
     environment,
@@ -27,18 +27,17 @@ from common import (
     met,
     nli_path,
     paired_ratio,
-    replace_section,
+    publish,
     run_worker,
-    save_result,
     spread,
     table,
     worker_main,
 )
-from systems import TRAINERS, Recipe
+from bench.systems import TRAINERS, Recipe
 
 SYSTEMS = ("lmembed", "reference", "sentence-transformers")
 TARGETS = {"reference": 8.0, "sentence-transformers": 1.2}
-HEADING = "Training throughput and memory"
+NAME, HEADING = "train", "Training throughput and memory"
 # Reference peak memory model (GiB): model and runtime, plus per triplet in the batch.
 REFERENCE_GIB = (1.5, 0.6)
 
@@ -63,12 +62,12 @@ def reference_batch(batch: int) -> tuple[int, float]:
     return batch, free
 
 
-def measure(system: str, recipe: Recipe) -> dict:
+def run_system(system: str, recipe: Recipe) -> dict:
     free = None
     if system == "reference":
         batch, free = reference_batch(recipe.batch_size)
         recipe = replace(recipe, batch_size=batch)
-    run = run_worker(__file__, "train", {"system": system, "recipe": recipe.to_dict()})
+    run = run_worker(__spec__.name, "train", {"system": system, "recipe": recipe.to_dict()})
     # The median step: a step that another process on the machine slowed is an outlier.
     run["triplets_per_s"] = recipe.batch_size / statistics.median(run["step_s"][1:])
     run.update(batch_size=recipe.batch_size, available_gib=free)
@@ -77,7 +76,7 @@ def measure(system: str, recipe: Recipe) -> dict:
     return run
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4, help="steps per run, the first untimed")
@@ -85,10 +84,10 @@ def main() -> None:
                         help="steps per reference run (~1 min each at batch 32)")  # fmt: skip
     parser.add_argument("--limit", type=int, default=640, help="the first N triplets")
     parser.add_argument("--batch-size", type=int, default=32)
-    args = parser.parse_args()
-    if min(args.steps, args.reference_steps) < 2:
-        parser.error("--steps and --reference-steps need at least 2 (one warm-up step)")
+    return parser
 
+
+def measure(args: argparse.Namespace) -> dict:
     data = str(nli_path())
     recipes = {
         system: Recipe(
@@ -102,28 +101,28 @@ def main() -> None:
     runs: dict[str, list[dict]] = {system: [] for system in SYSTEMS}
     for repeat in range(args.repeats):
         for system in alternating(SYSTEMS, repeat):
-            runs[system].append(measure(system, recipes[system]))
-    report(args, recipes, runs)
-
-
-def report(args: argparse.Namespace, recipes: dict[str, Recipe], runs: dict) -> None:
+            runs[system].append(run_system(system, recipes[system]))
     rate = {system: [run["triplets_per_s"] for run in runs[system]] for system in SYSTEMS}
     rss = {system: [run["peak_rss_mib"] for run in runs[system]] for system in SYSTEMS}
-    speedup = {other: paired_ratio(rate["lmembed"], rate[other]) for other in SYSTEMS[1:]}
-    memory = {other: paired_ratio(rss["lmembed"], rss[other]) for other in SYSTEMS[1:]}
-    env = environment()
-    result = {
+    return {
         "what": "training triplets/s and peak RSS, gemma-3-270m bf16, LoRA 8/32/0.1 q_proj/v_proj",
-        "environment": env,
+        "environment": environment(),
         "recipes": {system: recipe.to_dict() for system, recipe in recipes.items()},
         "triplets_per_s": {system: spread(values) for system, values in rate.items()},
         "peak_rss_mib": {system: spread(values, 0) for system, values in rss.items()},
-        "lmembed_speedup": speedup,
-        "lmembed_memory_ratio": memory,
+        "lmembed_speedup": {o: paired_ratio(rate["lmembed"], rate[o]) for o in SYSTEMS[1:]},
+        "lmembed_memory_ratio": {o: paired_ratio(rss["lmembed"], rss[o]) for o in SYSTEMS[1:]},
         "runs": runs,
     }
-    save_result("train", result)
 
+
+def render(results: dict) -> str:
+    runs, speedup, memory = (
+        results[key] for key in ("runs", "lmembed_speedup", "lmembed_memory_ratio")
+    )
+    rate = {system: [run["triplets_per_s"] for run in runs[system]] for system in SYSTEMS}
+    rss = {system: [run["peak_rss_mib"] for run in runs[system]] for system in SYSTEMS}
+    repeats = len(runs["lmembed"])
     rows = []
     for system in SYSTEMS:
         step = statistics.median(s for run in runs[system] for s in run["step_s"][1:])
@@ -136,11 +135,11 @@ def report(args: argparse.Namespace, recipes: dict[str, Recipe], runs: dict) -> 
         ])  # fmt: skip
     header = ["system", "batch", "triplets/s", "s/step", "lmembed speed-up", "peak RSS MiB",
               "step-1 loss"]  # fmt: skip
-    lm, ref = recipes["lmembed"], recipes["reference"]
+    lm, ref = (Recipe(**results["recipes"][system]) for system in ("lmembed", "reference"))
     small = [run for run in runs["reference"] if run["batch_size"] < lm.batch_size]
     fallback = (
         f" The reference ran at batch {small[0]['batch_size']} in {len(small)} of "
-        f"{args.repeats} repeats: at batch {lm.batch_size} it needs about "
+        f"{repeats} repeats: at batch {lm.batch_size} it needs about "
         f"{REFERENCE_GIB[0] + REFERENCE_GIB[1] * lm.batch_size:.0f} GiB and only "
         f"{min(run['available_gib'] for run in small):.1f} GiB were free (other jobs share "
         "the machine). Its work per triplet does not depend on the batch, since every text "
@@ -149,11 +148,11 @@ def report(args: argparse.Namespace, recipes: dict[str, Recipe], runs: dict) -> 
         if small
         else ""
     )
-    body = "\n\n".join([
-        environment_block(env),
-        f"gemma-3-270m with bf16 weights (LoRA weights fp32), the first {args.limit} NLI "
+    return "\n\n".join([
+        environment_block(results["environment"]),
+        f"gemma-3-270m with bf16 weights (LoRA weights fp32), the first {lm.limit} NLI "
         f"triplets, batch {lm.batch_size}, LoRA 8/32/0.1 on q_proj/v_proj, lr {lm.lr}, all "
-        f"systems on the same batches. {args.repeats} repeats, each system in a fresh process, "
+        f"systems on the same batches. {repeats} repeats, each system in a fresh process, "
         f"order rotated every repeat; lmembed and sentence-transformers run {lm.steps} steps, "
         f"the reference {ref.steps} (its steps are slow); the first step of each run is a "
         "warm-up and not timed, and a run's triplets/s uses its median step. Values are "
@@ -184,7 +183,16 @@ def report(args: argparse.Namespace, recipes: dict[str, Recipe], runs: dict) -> 
         "Texts are tokenized once before training, as in the paper's preprocessing, so its "
         "step time excludes tokenization (lmembed's and sentence-transformers' include it).",
     ])  # fmt: skip
-    replace_section(HEADING, body)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli = parser()
+    args = cli.parse_args(argv)
+    if min(args.steps, args.reference_steps) < 2:
+        cli.error("--steps and --reference-steps need at least 2 (one warm-up step)")
+    results = measure(args)
+    publish(NAME, HEADING, results, render)
+    speedup = results["lmembed_speedup"]
     print(f"speed-up vs reference {fmt_ratio(speedup['reference'])}, "
           f"vs sentence-transformers {fmt_ratio(speedup['sentence-transformers'])}")  # fmt: skip
 

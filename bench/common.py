@@ -1,8 +1,10 @@
-"""Helpers shared by the benchmark scripts: environment, worker processes, statistics, docs.
+"""Helpers shared by the benchmarks: environment, worker processes, statistics, docs.
 
-A benchmark script runs each measured system in a fresh worker process (``run_worker``),
-so model loads and peak memory never mix, and alternates the systems over repeats. Ratios
-are taken per repeat (systems measured back to back) and summarised by median, min and max.
+A benchmark runs each measured system in a fresh worker process (``run_worker``), so model
+loads and peak memory never mix, and alternates the systems over repeats. Ratios are taken
+per repeat (systems measured back to back) and summarised by median, min and max. It ends
+with ``publish``: its results to ``bench/results/<name>.json`` and the section its
+``render`` makes from them to ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -71,17 +73,38 @@ def available_gib() -> float:
 
 
 def command_line() -> str:
-    """The command that ran this script, relative to the repository root."""
-    script = os.path.relpath(sys.argv[0], ROOT)
+    """The command that ran this benchmark (``python -m bench.NAME ...``), with the Python
+    relative to the repository root."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    script = ["-m", spec.name] if spec is not None else [os.path.relpath(sys.argv[0], ROOT)]
     python = os.path.relpath(sys.executable, ROOT) if ".venv" in sys.executable else "python"
-    return shlex.join([python, script, *sys.argv[1:]])
+    return shlex.join([python, *script, *sys.argv[1:]])
 
 
 # --- worker processes -----------------------------------------------------------------------
 
 
-def run_worker(script: str | Path, name: str, params: dict) -> dict:
-    """Run worker ``name`` of ``script`` in a fresh process; its result plus its peak RSS.
+def worker_command(
+    module: str, name: str, params: dict, result: str | Path, launcher: Sequence[str] = ()
+) -> list[str]:
+    """The command that runs worker ``name`` of benchmark ``module`` (``bench.bench_train``)
+    with ``params``, writing its result to ``result``; ``launcher``: the Python (and its
+    options) that runs the module, ``sys.executable`` by default."""
+    return [*(launcher or [sys.executable]), "-m", module, "--worker", name,
+            "--params", json.dumps(params), "--result", str(result)]  # fmt: skip
+
+
+def worker_env() -> dict[str, str]:
+    """A worker's environment: offline, no tokenizer threads, and the repository root on
+    the path so ``-m bench.NAME`` imports from any working directory."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": path}  # fmt: skip
+
+
+def run_worker(module: str, name: str, params: dict) -> dict:
+    """Run worker ``name`` of benchmark ``module`` in a fresh process; its result plus its
+    peak RSS.
 
     Peak RSS is the child's ``ru_maxrss`` (from ``os.wait4``): the whole life of the
     process, model load included.
@@ -89,12 +112,11 @@ def run_worker(script: str | Path, name: str, params: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="lmembed-bench-") as tmp:
         result_path = Path(tmp) / "result.json"
         params = {**params, "workdir": tmp}
-        command = [sys.executable, str(script), "--worker", name, "--params", json.dumps(params),
-                   "--result", str(result_path)]  # fmt: skip
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        command = worker_command(module, name, params, result_path)
         process = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
+            command, env=worker_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
         stderr = process.stderr.read()
         _, status, usage = os.wait4(process.pid, 0)
         if os.waitstatus_to_exitcode(status) != 0:
@@ -201,6 +223,23 @@ def save_result(name: str, result: dict) -> Path:
     return path
 
 
+def load_result(name: str) -> dict | None:
+    """``bench/results/<name>.json``, or None when no run has written it."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def publish(name: str, heading: str, results: dict, render: Callable[[dict], str]) -> str:
+    """The step a benchmark ends with: ``results`` (its ``measure``) to
+    ``bench/results/<name>.json`` and ``render(results)`` as the ``## heading`` section of
+    docs/benchmarks.md; returns the section's body. Rendering reads the results alone, so
+    the saved JSON gives the same section again (tests/test_bench_render.py)."""
+    save_result(name, results)
+    body = render(results)
+    replace_section(heading, body)
+    return body
+
+
 def environment_block(env: dict, note: str = "", target: str = "make bench") -> str:
     """Markdown lines that say where, with what and how a section's numbers were measured;
     ``target`` is the make target that runs the script."""
@@ -230,16 +269,18 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
-def replace_section(heading: str, body: str, path: Path = DOC) -> None:
-    """Replace the ``## heading`` section of the benchmarks page (or append it).
-
-    Other sections, written by other scripts or by hand, are left byte for byte.
+def with_section(text: str, heading: str, body: str) -> str:
+    """``text`` (the benchmarks page) with its ``## heading`` section replaced by ``body``
+    (or appended). Other sections, written by other scripts or by hand, stay byte for byte.
     """
-    text = path.read_text(encoding="utf-8") if path.exists() else DOC_TITLE
     section = f"## {heading}\n\n{body.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
     if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    atomic_write_text(path, text)
+        return pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
+    return text.rstrip() + "\n\n" + section
+
+
+def replace_section(heading: str, body: str, path: Path = DOC) -> None:
+    """Replace the ``## heading`` section of the benchmarks page (or append it)."""
+    text = path.read_text(encoding="utf-8") if path.exists() else DOC_TITLE
+    atomic_write_text(path, with_section(text, heading, body))

@@ -24,9 +24,11 @@ from lmembed.training.distributed import Distributed
 from lmembed.training.run_dir import read_metrics
 from lmembed.training.trainer import build_embedder, forward_backward, seed_everything, train
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the root off the path
+    sys.path.insert(0, str(ROOT))
 
-from lora_candidates import (  # noqa: E402
+from bench.lora_candidates import (  # noqa: E402
     BaseDtypeLinear,
     FastDropout,
     compute_in_base_dtype,

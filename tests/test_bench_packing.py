@@ -15,9 +15,11 @@ from tiny_models import ARCHITECTURES, random_lora_adapter
 
 from lmembed.model.embedder import Embedder
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the root off the path
+    sys.path.insert(0, str(ROOT))
 
-from packing import pack, pack_rows, use_packing  # noqa: E402
+from bench.packing import pack, pack_rows, use_packing  # noqa: E402
 
 # Lengths from 2 to ~12 tokens, so several texts share a row with the longest.
 TEXTS = [
@@ -89,7 +91,7 @@ def test_without_restarting_positions_texts_would_see_their_neighbours(tiny_llam
         packed.position_ids[:] = torch.arange(packed.position_ids.shape[1])
         return packed
 
-    monkeypatch.setattr("packing.pack", running_positions)
+    monkeypatch.setattr("bench.packing.pack", running_positions)
     assert not np.allclose(embedder.encode(TEXTS, batch_size=len(TEXTS)), padded, atol=1e-3)
 
 

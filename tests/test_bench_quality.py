@@ -6,10 +6,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the root off the path
+    sys.path.insert(0, str(ROOT))
 
-from bench_quality import checks_paragraph, verdict  # noqa: E402
-from systems import Recipe  # noqa: E402
+from bench.bench_quality import checks_paragraph, verdict  # noqa: E402
+from bench.systems import Recipe  # noqa: E402
 
 
 def runs(ours: list[float], theirs: list[float]) -> list[dict]:

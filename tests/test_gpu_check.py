@@ -1,5 +1,5 @@
-"""``bench/gpu_check.py --smoke`` runs where CI runs: the script a lent GPU gets must not
-break unnoticed between the sessions that have one."""
+"""``python -m bench.diagnostics.gpu_check --smoke`` runs where CI runs: the script a lent
+GPU gets must not break unnoticed between the sessions that have one."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).parents[1] / "bench" / "gpu_check.py"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_gpu_check_smoke_trains_both_runs(tmp_path: Path) -> None:
     env = {**os.environ, "OUT": str(tmp_path)}
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke"], env=env, capture_output=True, text=True
-    )
+        [sys.executable, "-m", "bench.diagnostics.gpu_check", "--smoke"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert set(report["runs"]) == {"plain_b8", "gradcache_b16_m4"}

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the root off the path
+    sys.path.insert(0, str(ROOT))
 
-from systems import TRAINERS, paper_info_nce, reference_tokenize  # noqa: E402
 from tiny_models import tiny_tokenizer  # noqa: E402
 
+from bench.systems import TRAINERS, paper_info_nce, reference_tokenize  # noqa: E402
 from lmembed.losses import info_nce  # noqa: E402
 
 TEXTS = ["a cat sits", "dogs run in the park today", "x"]

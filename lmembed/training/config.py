@@ -97,7 +97,7 @@ class TrainConfig:
     )
     mlflow_uri: str | None = option(
         None,
-        "MLflow tracking URI for --report-to mlflow (default: a SQLite store in OUTPUT/mlruns)",
+        "MLflow tracking URI for --report-to mlflow; unset: a SQLite store in OUTPUT/mlruns",
     )
     seed: int = option(42, "seed for data order, LoRA init and dropout")
     save_every: int = option(100, "checkpoint every N steps (0: only at the end)")

@@ -48,11 +48,11 @@ class EvalDuringTraining:
     eval_at_start: bool = option(False, "also score the model before the first step")
     eval_batch_size: int = option(32, "texts per forward pass while evaluating")
     eval_data_dir: str | None = option(
-        None, "data folder for named eval tasks (default: $LMEMBED_DATA_DIR)"
+        None, "data folder for named eval tasks; unset: $LMEMBED_DATA_DIR"
     )
     keep_best: str | None = option(
         None,
-        "METRIC[/name]: the output folder keeps the adapter of the evaluated step that "
+        "TASK[/METRIC]: the output folder keeps the adapter of the evaluated step that "
         "scored highest on it (e.g. stsb-dev, stsb-paraphrase/ndcg@10); the final step's "
         "goes to OUTPUT/last",
     )

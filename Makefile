@@ -52,7 +52,7 @@ EXTRA_BENCH_SCRIPTS := bench_gradcache bench_server
 bench: $(STAMP)
 	@began=$$(date +%s); for name in $(BENCH_SCRIPTS); do \
 		echo "== $$name"; start=$$(date +%s); \
-		$(BENCH_LOCK) $(BIN)/python bench/$$name.py || exit 1; \
+		$(BENCH_LOCK) $(BIN)/python -m bench.$$name || exit 1; \
 		echo "== $$name: $$(( $$(date +%s) - start )) s"; \
 	done; echo "== all: $$(( $$(date +%s) - began )) s"
 

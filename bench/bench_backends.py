@@ -262,11 +262,10 @@ def against_fastest_st(result: dict) -> dict:
     return {**result, "fastest_st": fastest, "vs_fastest_st": ratios}
 
 
-def render(saved: dict) -> str:
-    """The section from the saved results: ``environment`` and one result per model."""
-    results = saved["results"]
+def render(results: dict) -> str:
+    """The section from the results: ``environment`` and one result per model."""
     parts = [
-        environment_block(saved["environment"], target="python -m bench.bench_backends"),
+        environment_block(results["environment"], target="python -m bench.bench_backends"),
         "",
         "Texts: the first N distinct STSb test sentences; batch 32; max length = the model's "
         "lmembed default (MiniLM 256, gemma 128); all fp32 unless marked int8 (ONNX Runtime "
@@ -283,7 +282,7 @@ def render(saved: dict) -> str:
         "int8 exports must pass) over the engine's, per repeat, median (min-max). Cosine: "
         "lowest over the texts against lmembed torch fp32.",
     ]
-    for result in results:
+    for result in results["results"]:
         rows = [
             [
                 name,

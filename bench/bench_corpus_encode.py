@@ -199,12 +199,12 @@ def main(argv: list[str] | None = None) -> None:
         publish(NAME, HEADING, results, render)
 
 
-def render(result: dict) -> str:
+def render(results: dict) -> str:
     """The "Corpus encoding" section, or from ``--paired`` results its paired throughput."""
-    if "throughput_ratio" in result:
-        return render_paired(result)
-    runs = {(r["system"], r["texts"]): r for r in result["runs"]}
-    sizes = sorted({r["texts"] for r in result["runs"]})
+    if "throughput_ratio" in results:
+        return render_paired(results)
+    runs = {(r["system"], r["texts"]): r for r in results["runs"]}
+    sizes = sorted({r["texts"] for r in results["runs"]})
     small, large = sizes[0], sizes[-1]
     rows = ["| texts | system | seconds | texts/s | peak RSS (MiB) |", "|---:|---|---:|---:|---:|"]
     for n in sizes:
@@ -216,9 +216,9 @@ def render(result: dict) -> str:
     m_large = runs[("memory", large)]
     growth = s_large["peak_rss_mib"] - s_small["peak_rss_mib"]
     ratio = s_large["texts_per_s"] / m_large["texts_per_s"]
-    kill = result["kill_and_resume"]
+    kill = results["kill_and_resume"]
     return "\n".join([
-        f"`encode_corpus` (shards of {result['shard_size']:,}, batch {result['batch_size']}) "
+        f"`encode_corpus` (shards of {results['shard_size']:,}, batch {results['batch_size']}) "
         "against one in-memory `Embedder.encode` call, on a generated corpus of short "
         "texts with the tests' tiny random llama (so the model's share of the time is "
         "small and the pipeline's overhead shows at its largest).",
@@ -232,26 +232,26 @@ def render(result: dict) -> str:
         "run never fills a shard.",
         "- Every worker runs with 1 torch thread (the line below gives the parent's).",
         f"- Streaming throughput at {large:,} texts: **{ratio:.3f}x** the in-memory call "
-        "(target: within 5%)" + (f": {result['note']}" if result.get("note") else "."),
+        "(target: within 5%)" + (f": {results['note']}" if results.get("note") else "."),
         f"- Killed after {kill['killed_after_s']:g} s: {kill['shards_kept']} of "
         f"{kill['shards']} shards were finished and kept; the resume encoded the other "
         f"{kill['shards_reencoded']} in {kill['resume_seconds']} s, so at most "
         f"{kill['rows_lost_at_most']:,} rows (the shard in progress) were encoded twice.",
-        environment_block(result["environment"], target="python -m bench.bench_corpus_encode"),
+        environment_block(results["environment"], target="python -m bench.bench_corpus_encode"),
     ])  # fmt: skip
 
 
-def render_paired(result: dict) -> str:
-    ratio, shard_size = result["throughput_ratio"], result["shard_size"]
+def render_paired(results: dict) -> str:
+    ratio, shard_size = results["throughput_ratio"], results["shard_size"]
     return "\n".join([
         f"{len(ratio['values'])} alternating pairs of a streamed (`encode_corpus`, shards of "
-        f"{shard_size:,}) and an in-memory run on {result['texts']:,} generated texts, tiny "
-        f"random llama, batch {result['batch_size']}, each run in a fresh process: streamed "
+        f"{shard_size:,}) and an in-memory run on {results['texts']:,} generated texts, tiny "
+        f"random llama, batch {results['batch_size']}, each run in a fresh process: streamed "
         f"throughput is **{fmt_ratio(ratio)}** the in-memory call's (median, min-max over "
         "pairs; target within 5%: "
         f"**{'met' if abs(ratio['median'] - 1) <= 0.05 else 'not met'}** on the median).",
         "",
-        environment_block(result["environment"], target="python -m bench.bench_corpus_encode"),
+        environment_block(results["environment"], target="python -m bench.bench_corpus_encode"),
     ])  # fmt: skip
 
 

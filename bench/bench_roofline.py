@@ -310,13 +310,13 @@ def ceiling_text(result: dict, peak: float) -> str:
     )
 
 
-def render(result: dict) -> str:
-    dtype = result["dtype"]
-    peak = max(result["peak_gflops"][dtype].values())
-    peaks_text = ", ".join(f"{max(v.values()):.0f} {k}" for k, v in result["peak_gflops"].items())
+def render(results: dict) -> str:
+    dtype = results["dtype"]
+    peak = max(results["peak_gflops"][dtype].values())
+    peaks_text = ", ".join(f"{max(v.values()):.0f} {k}" for k, v in results["peak_gflops"].items())
     rows = []
     for name in ("training", "training_fast", "encoding"):
-        run = result.get(name)
+        run = results.get(name)
         if run is None:
             continue
         achieved = run["flops_per_s"] / 1e9
@@ -327,17 +327,17 @@ def render(result: dict) -> str:
         rows.append([label, f"{run['median_step_s']:.2f}" if training else "",
                      f"{run['real_tokens_per_s']:.0f}", f"{run['padded_tokens_per_s']:.0f}",
                      f"{achieved:.0f}", f"{100 * achieved / peak:.0f}%"])  # fmt: skip
-    shape = result["shape"]
+    shape = results["shape"]
     return "\n".join([
-        f"{result['model']} ({dtype}, what `--dtype auto` chose here): N = "
+        f"{results['model']} ({dtype}, what `--dtype auto` chose here): N = "
         f"{shape['linear_params'] / 1e6:.1f}M linear weights in {shape['layers']} layers, "
         f"attention width {shape['attention_width']}. Measured `torch.matmul` peak in the same "
-        f"run: {peaks_text} GFLOP/s (per shape: {result['peak_gflops']}); fractions below are "
-        f"of the {dtype} peak. Training: {result['training']['steps']} steps "
+        f"run: {peaks_text} GFLOP/s (per shape: {results['peak_gflops']}); fractions below are "
+        f"of the {dtype} peak. Training: {results['training']['steps']} steps "
         "of 32 triplets (median step "
-        f"{result['training']['median_step_s']:.2f} s, "
-        f"{result['training']['triplets_per_s']:.2f} triplets/s); encoding: the "
-        f"{result['encoding']['texts']} STSb test sentences, batch 32. FLOPs per token as in "
+        f"{results['training']['median_step_s']:.2f} s, "
+        f"{results['training']['triplets_per_s']:.2f} triplets/s); encoding: the "
+        f"{results['encoding']['texts']} STSb test sentences, batch 32. FLOPs per token as in "
         "`bench/bench_roofline.py`'s docstring (training = 4N + 3 x attention, encoding = "
         "2N + attention), counted on real tokens.",
         "",
@@ -348,15 +348,15 @@ def render(result: dict) -> str:
         "the step's wall time):",
         "",
         table(["category", "share"],
-              [[k, f"{100 * v:.1f}%"] for k, v in result["profile"]["shares"].items()]),
+              [[k, f"{100 * v:.1f}%"] for k, v in results["profile"]["shares"].items()]),
         "",
         "The largest of the other kernels: " + ", ".join(
-            f"`{k}` {100 * v:.1f}%" for k, v in result["profile"]["other_kernels"].items()
+            f"`{k}` {100 * v:.1f}%" for k, v in results["profile"]["other_kernels"].items()
         ) + ".",
         "",
-        ceiling_text(result, peak),
+        ceiling_text(results, peak),
         "",
-        environment_block(result["environment"], target="python -m bench.bench_roofline"),
+        environment_block(results["environment"], target="python -m bench.bench_roofline"),
     ])  # fmt: skip
 
 

@@ -134,11 +134,11 @@ def targets(tables: dict) -> list[str]:
     return [f"Reference: {first_label}, {full} dims, float32: **{reference:.2f}**.", "", *verdicts]
 
 
-def render(result: dict) -> str:
+def render(results: dict) -> str:
     """The "Quality against size" section (the plots are ``plot``'s)."""
-    tables = size_tables(result)
+    tables = size_tables(results)
     parts = []
-    for run in result["runs"]:
+    for run in results["runs"]:
         label, table = run["label"], tables[run["label"]]
         spec = run["spec"]
         name = spec["model"] + (f" + adapter `{spec['adapter']}`" if spec.get("adapter") else "")
@@ -146,9 +146,9 @@ def render(result: dict) -> str:
                   f"One encoding pass, {run['elapsed_s'] / 60:.1f} min.", "",
                   table.to_markdown(), f"![quality against size: {label}]"
                   f"(img/bench-sizes-{label}.png)", ""]  # fmt: skip
-    base_only = all(not run["spec"].get("adapter") for run in result["runs"])
+    base_only = all(not run["spec"].get("adapter") for run in results["runs"])
     return "\n".join([
-        f"STS Spearman x100 at each size and precision ({result['tasks']} tasks; int8 ranges "
+        f"STS Spearman x100 at each size and precision ({results['tasks']} tasks; int8 ranges "
         "calibrated on each task's own sentences; binary scored by Hamming distance); the "
         "average is over the STS tasks, retrieval NDCG@10 x100 (if any) stands beside it."
         + (" The base model has no contrastive training, so the rows show what truncation "
@@ -157,7 +157,7 @@ def render(result: dict) -> str:
         *targets(tables),
         "",
         *parts,
-        environment_block(result["environment"], target="python -m bench.bench_sizes"),
+        environment_block(results["environment"], target="python -m bench.bench_sizes"),
     ])  # fmt: skip
 
 

@@ -194,16 +194,16 @@ def with_earlier_candidates(result: dict) -> dict:
     return {**result, **{key: {**old[key], **result[key]} for key in per_candidate}}
 
 
-def render(result: dict) -> str:
+def render(results: dict) -> str:
     rows = [
-        [name, ", ".join(f"{s:.1f}" for s in result["warmup_s"][name]),
-         f"{result['median_step_s'][name]:.2f}", fmt_ratio(result["speedup"][name]),
-         result["measured"][name]]
-        for name in result["median_step_s"]
+        [name, ", ".join(f"{s:.1f}" for s in results["warmup_s"][name]),
+         f"{results['median_step_s'][name]:.2f}", fmt_ratio(results["speedup"][name]),
+         results["measured"][name]]
+        for name in results["median_step_s"]
     ]  # fmt: skip
     return "\n".join([
-        f"{result['model']} ({result['dtype']}, what `--dtype auto` chose here), the demo "
-        f"recipe's step (32 triplets), {result['rounds']} rounds; each round runs every "
+        f"{results['model']} ({results['dtype']}, what `--dtype auto` chose here), the demo "
+        f"recipe's step (32 triplets), {results['rounds']} rounds; each round runs every "
         "trainer once on the same batch, in rotated order. Speed-up: the current step's "
         "seconds over the candidate's in the same round, median (min-max). Warm-up steps are "
         "untimed (compilation happens there). `--only` reruns some candidates and keeps the "
@@ -211,7 +211,7 @@ def render(result: dict) -> str:
         "",
         table(["candidate", "warm-up steps (s)", "median step s", "speed-up", "measured"], rows),
         "",
-        environment_block(result["environment"], target="python -m bench.bench_step_options"),
+        environment_block(results["environment"], target="python -m bench.bench_step_options"),
     ])  # fmt: skip
 
 

@@ -242,7 +242,7 @@ def publish(name: str, heading: str, results: dict, render: Callable[[dict], str
 
 def environment_block(env: dict, note: str = "", target: str = "make bench") -> str:
     """Markdown lines that say where, with what and how a section's numbers were measured;
-    ``target`` is the make target that runs the script."""
+    ``target`` is what runs the benchmark (a make target, or ``python -m bench.NAME``)."""
     v = env["versions"]
     bf16 = {True: ", native bf16", False: ", no native bf16 (emulated)"}.get(env.get("native_bf16"))
     lines = [

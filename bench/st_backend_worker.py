@@ -3,11 +3,11 @@
 sentence-transformers' ``backend="onnx"`` needs optimum-onnx (transformers < 4.58) and
 ``backend="openvino"`` needs optimum-intel (transformers < 5); neither installs next to
 lmembed's transformers 5, so ``bench/st_backends_env.sh`` builds one environment for each
-and ``bench_backends.py`` runs this script with that environment's Python. It imports only
-the standard library, numpy and sentence-transformers.
+and ``bench_backends.py`` runs this script, by path, with that environment's Python. It
+imports only the standard library, numpy and sentence-transformers (no ``bench`` module).
 
-    python st_backend_worker.py prepare PARAMS.json   # export (and int8), save, report
-    python st_backend_worker.py encode PARAMS.json    # load the saved export, time encode
+    python bench/st_backend_worker.py prepare PARAMS.json  # export (and int8), save, report
+    python bench/st_backend_worker.py encode PARAMS.json   # load the saved export, time encode
 
 PARAMS: ``folder`` (a sentence-transformers model), ``saved`` (where the export goes),
 ``backend``, ``int8`` (sentence-transformers' own dynamic int8 ONNX helper), ``texts``

@@ -5,15 +5,19 @@ interrupted run's resume stay exact with them."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForCausalLM
 
+from bench.lora_candidates import (  # noqa: E402
+    BaseDtypeLinear,
+    FastDropout,
+    compute_in_base_dtype,
+    lora_dropouts,
+    use_fast_dropout,
+)
 from lmembed.data.training import TrainingData
 from lmembed.data.triplets import load_triplets
 from lmembed.losses import build_loss
@@ -23,18 +27,6 @@ from lmembed.training.config import TrainConfig
 from lmembed.training.distributed import Distributed
 from lmembed.training.run_dir import read_metrics
 from lmembed.training.trainer import build_embedder, forward_backward, seed_everything, train
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the root off the path
-    sys.path.insert(0, str(ROOT))
-
-from bench.lora_candidates import (  # noqa: E402
-    BaseDtypeLinear,
-    FastDropout,
-    compute_in_base_dtype,
-    lora_dropouts,
-    use_fast_dropout,
-)
 
 
 def _config(model, data, output="unused", **changes) -> TrainConfig:

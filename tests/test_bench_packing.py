@@ -3,9 +3,6 @@ a block-diagonal mask give the padded vectors and gradients."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -13,13 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tiny_models import ARCHITECTURES, random_lora_adapter
 
-from lmembed.model.embedder import Embedder
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the root off the path
-    sys.path.insert(0, str(ROOT))
-
 from bench.packing import pack, pack_rows, use_packing  # noqa: E402
+from lmembed.model.embedder import Embedder
 
 # Lengths from 2 to ~12 tokens, so several texts share a row with the longest.
 TEXTS = [

@@ -3,13 +3,6 @@ its ``--dtype`` reaches every system's weights."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the root off the path
-    sys.path.insert(0, str(ROOT))
-
 from bench.bench_quality import checks_paragraph, verdict  # noqa: E402
 from bench.systems import Recipe  # noqa: E402
 

@@ -3,16 +3,8 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the root off the path
-    sys.path.insert(0, str(ROOT))
-
 from tiny_models import tiny_tokenizer  # noqa: E402
 
 from bench.systems import TRAINERS, paper_info_nce, reference_tokenize  # noqa: E402

@@ -6,7 +6,7 @@ empty list, oversize texts, wrong types, an unknown ``input_type``) plus empty s
 (valid: they embed the prompt and EOS). ``run_load`` sends them from many threads;
 ``check_load`` lists every answer that differs from what was expected: any 5xx, a
 wrong status, or a vector that differs from ``Embedder.encode`` (normalised). Used by
-``bench/bench_server.py --mode load`` and the serving tests.
+``python -m bench.bench_server --mode load`` and the serving tests.
 """
 
 from __future__ import annotations

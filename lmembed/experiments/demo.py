@@ -21,7 +21,7 @@ from lmembed.data.locate import find_training_data
 from lmembed.evaluation import STSResult, evaluate, write_report
 from lmembed.evaluation.retrieval import RetrievalResult, evaluate_retrieval
 from lmembed.evaluation.sts import format_score
-from lmembed.io import atomic_write_text
+from lmembed.io import atomic_write_bytes, atomic_write_text
 from lmembed.model.embedder import Embedder
 from lmembed.system import machine_summary
 from lmembed.training.config import TrainConfig
@@ -158,7 +158,7 @@ def results_table(folder: str | Path) -> str:
         name: RetrievalResult.load(folder / f"{name}-retrieval.json")
         for name in ("before", "after")
     }
-    curve = [json.loads(line) for line in (folder / "eval.jsonl").read_text().splitlines() if line]
+    curve = RunDir(folder / "adapter").evaluations()
     model = before.spec["model"]
     rows = [
         f"| Spearman x100 | {model} | + lmembed LoRA ({curve[-1]['step']} steps) | "
@@ -169,7 +169,7 @@ def results_table(folder: str | Path) -> str:
         cells = [format_score(r.score(task)) for r in (before, after, baseline)]
         rows.append(f"| {task} | {' | '.join(cells)} |")
     dev = f"{curve[0]['metrics']['stsb-dev']:.2f}", f"{curve[-1]['metrics']['stsb-dev']:.2f}"
-    rows.append(f"| STSb dev (chosen on) | {dev[0]} | {dev[1]} | |")
+    rows.append(f"| STSb dev (the dev set) | {dev[0]} | {dev[1]} | |")
     ndcg = [f"{searched[n].tasks[RETRIEVAL_TASK].metrics['ndcg@10']:.2f}" for n in searched]
     rows.append(f"| {RETRIEVAL_TASK} NDCG@10 | {ndcg[0]} | {ndcg[1]} | |")
     return "\n".join(rows) + "\n"
@@ -177,13 +177,12 @@ def results_table(folder: str | Path) -> str:
 
 def publish_results(demo: str | Path, folder: str | Path) -> Path:
     """Copy a finished demo's result files into ``folder`` (docs/results/demo), the files
-    the README's results table is made from."""
+    the README's results table is made from; the run's own files go to ``adapter/``, so
+    the reports' links hold."""
     demo, folder = Path(demo), Path(folder)
     names = ["before.json", "after.json", "baseline.json", "before-retrieval.json",
-             "after-retrieval.json", "report.md"]  # fmt: skip
-    for name in names:
-        atomic_write_text(folder / name, (demo / name).read_text(encoding="utf-8"))
-    for name in ("eval.jsonl", "log.jsonl", "train_config.json", "report.md"):
-        target = "run-report.md" if name == "report.md" else name
-        atomic_write_text(folder / target, (demo / "adapter" / name).read_text(encoding="utf-8"))
+             "after-retrieval.json", "report.md", "report.png"]  # fmt: skip
+    run = ["eval.jsonl", "log.jsonl", "train_config.json", "report.md", "report.png"]
+    for name in [*names, *(f"adapter/{n}" for n in run)]:
+        atomic_write_bytes(folder / name, (demo / name).read_bytes())
     return folder

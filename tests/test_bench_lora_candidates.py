@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from peft.tuners.lora import LoraLayer
-from safetensors.torch import load_file
+from training_checks import crash_and_resume_matches
 from transformers import AutoModel, AutoModelForCausalLM
 
 from bench.lora_candidates import (  # noqa: E402
@@ -18,15 +18,13 @@ from bench.lora_candidates import (  # noqa: E402
     lora_dropouts,
     use_fast_dropout,
 )
-from lmembed.data.training import TrainingData
 from lmembed.data.triplets import load_triplets
 from lmembed.losses import build_loss
 from lmembed.model.lora import LoraOptions, attach_lora, save_adapter
 from lmembed.training import trainer as trainer_module
 from lmembed.training.config import TrainConfig
 from lmembed.training.distributed import Distributed
-from lmembed.training.run_dir import read_metrics
-from lmembed.training.trainer import build_embedder, forward_backward, seed_everything, train
+from lmembed.training.trainer import build_embedder, forward_backward, seed_everything
 
 
 def _config(model, data, output="unused", **changes) -> TrainConfig:
@@ -248,29 +246,5 @@ def test_kill_and_resume_equals_uninterrupted_run(
 
     monkeypatch.setattr(trainer_module, "build_embedder", build_with_candidate)
     straight = _config(tiny_llama, triplets_csv, tmp_path / "straight", steps=5, dtype=dtype)
-    train(straight)
+    crash_and_resume_matches(straight, tmp_path / "resumed", monkeypatch)
     assert built, "train did not build its embedder with build_embedder"
-
-    interrupted = straight.replace(output=str(tmp_path / "resumed"))
-    original_batch = TrainingData.batch
-
-    def crash_at_step_4(self, step, batch_size, seed):
-        if step == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return original_batch(self, step, batch_size, seed)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(TrainingData, "batch", crash_at_step_4)
-        with pytest.raises(KeyboardInterrupt):
-            train(interrupted)
-    with pytest.raises(FileExistsError, match="--resume"):
-        train(interrupted)
-    train(interrupted.replace(resume=True))
-
-    a = load_file(str(tmp_path / "straight" / "adapter_model.safetensors"))
-    b = load_file(str(tmp_path / "resumed" / "adapter_model.safetensors"))
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
-    log = read_metrics(tmp_path / "resumed" / "log.jsonl")
-    assert [record["step"] for record in log] == [1, 2, 3, 4, 5]

@@ -7,12 +7,13 @@ scale; this compares the gradients themselves.
 
 import pytest
 import torch
+from training_checks import random_lora_embedder
 
 from lmembed.data.triplets import load_triplets
 from lmembed.losses import build_loss
 from lmembed.training.config import TrainConfig
 from lmembed.training.distributed import Distributed
-from lmembed.training.trainer import build_embedder, forward_backward, seed_everything
+from lmembed.training.trainer import forward_backward
 
 BATCH = 8
 
@@ -24,13 +25,7 @@ def _embedder(model, data, compile: bool):
         model=str(model), data=str(data), output="unused", dtype="fp32", lora_dropout=0.0,
         seed=0, batch_size=BATCH, compile=compile,
     )  # fmt: skip
-    seed_everything(config.seed)
-    embedder = build_embedder(config)
-    generator = torch.Generator().manual_seed(1)
-    for param in embedder.parameters():
-        if param.requires_grad:
-            param.data = torch.randn(param.shape, generator=generator) * 0.1
-    return embedder.train()
+    return random_lora_embedder(config)
 
 
 def _step(embedder, batch) -> tuple[float, dict[str, torch.Tensor]]:

@@ -3,13 +3,14 @@
 import pytest
 import torch
 from safetensors.torch import load_file
+from training_checks import random_lora_embedder
 
 from lmembed.data.triplets import load_triplets
 from lmembed.losses import build_loss
 from lmembed.training import gradcache
 from lmembed.training.config import TrainConfig
 from lmembed.training.distributed import Distributed
-from lmembed.training.trainer import build_embedder, forward_backward, seed_everything, train
+from lmembed.training.trainer import forward_backward, train
 
 BATCH = 8
 
@@ -21,17 +22,6 @@ def _config(model, data, output="unused", **changes) -> TrainConfig:
         seed=0, steps=3, batch_size=BATCH, lr=1e-3, warmup=1, save_every=0,
     )  # fmt: skip
     return TrainConfig.from_flat(**{**base, **changes})
-
-
-def _embedder(config: TrainConfig):
-    """LoRA with random A *and* B (peft starts B at zero, which would zero A's gradient)."""
-    seed_everything(config.seed)
-    embedder = build_embedder(config)
-    generator = torch.Generator().manual_seed(1)
-    for param in embedder.parameters():
-        if param.requires_grad:
-            param.data = torch.randn(param.shape, generator=generator) * 0.1
-    return embedder.train()
 
 
 def _batch(data_path):
@@ -77,7 +67,7 @@ def _assert_same(a: dict, b: dict, atol: float = 1e-5) -> None:
 
 
 def test_mini_batch_2_matches_full_batch_of_8_with_dropout(tiny_llama, triplets_csv):
-    embedder = _embedder(_config(tiny_llama, triplets_csv))
+    embedder = random_lora_embedder(_config(tiny_llama, triplets_csv))
     batch = _batch(triplets_csv)
     loss, grads = _grad_cache_step(embedder, batch, mini_batch_size=2)
     ref_loss, ref_grads = _full_graph_step(embedder, batch, chunk_size=2)
@@ -88,7 +78,7 @@ def test_mini_batch_2_matches_full_batch_of_8_with_dropout(tiny_llama, triplets_
 
 def test_without_rng_replay_gradients_differ(tiny_llama, triplets_csv, monkeypatch):
     """The check above has teeth: skipping the RNG restore draws new masks."""
-    embedder = _embedder(_config(tiny_llama, triplets_csv))
+    embedder = random_lora_embedder(_config(tiny_llama, triplets_csv))
     batch = _batch(triplets_csv)
     _, ref_grads = _full_graph_step(embedder, batch, chunk_size=2)
     monkeypatch.setattr(gradcache.RngState, "restore", lambda self, device: None)
@@ -99,7 +89,7 @@ def test_without_rng_replay_gradients_differ(tiny_llama, triplets_csv, monkeypat
 
 def test_chunk_of_whole_batch_equals_trainer_plain_path(tiny_llama, triplets_csv):
     """With M = batch the chunks are the plain path's, so gradients match it exactly."""
-    embedder = _embedder(_config(tiny_llama, triplets_csv))
+    embedder = random_lora_embedder(_config(tiny_llama, triplets_csv))
     batch = _batch(triplets_csv)
     loss, grads = _grad_cache_step(embedder, batch, mini_batch_size=BATCH)
     ref_loss, ref_grads = _grad_cache_step(embedder, batch, mini_batch_size=None)
@@ -120,7 +110,7 @@ def test_mini_batch_smaller_than_batch_gives_the_plain_path_gradients(
     and the same gradient in every LoRA parameter. Dropout 0, since masks depend on how
     texts are grouped into passes; the comparison is of gradients, not of Adam steps, so
     a wrong scale of ``d loss / d embedding`` or a chunk left out of the replay shows."""
-    embedder = _embedder(_config(tiny_llama, triplets_csv, lora_dropout=0.0))
+    embedder = random_lora_embedder(_config(tiny_llama, triplets_csv, lora_dropout=0.0))
     batch = tuple(texts[:triplets] for texts in _batch(triplets_csv))
     ids = embedder.tokenize(batch[0], role="query") + embedder.tokenize(
         batch[1] + batch[2], role="document"

@@ -7,9 +7,9 @@ import pytest
 import torch
 from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
+from training_checks import crash_and_resume_matches
 
 from lmembed.data.sampler import batch_indices
-from lmembed.data.training import TrainingData
 from lmembed.model.embedder import Embedder
 from lmembed.model.loading import load_backbone
 from lmembed.model.lora import LoraOptions, attach_lora
@@ -98,31 +98,7 @@ def test_kill_and_resume_equals_uninterrupted_run(
     tiny_llama, triplets_csv, tmp_path, monkeypatch, options
 ):
     straight = _config(tiny_llama, triplets_csv, tmp_path / "straight", steps=5, **options)
-    train(straight)
-
-    interrupted = straight.replace(output=str(tmp_path / "resumed"))
-    original = TrainingData.batch
-
-    def crash_at_step_4(self, step, batch_size, seed):
-        if step == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, step, batch_size, seed)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(TrainingData, "batch", crash_at_step_4)
-        with pytest.raises(KeyboardInterrupt):
-            train(interrupted)
-    with pytest.raises(FileExistsError, match="--resume"):
-        train(interrupted)
-    train(interrupted.replace(resume=True))
-
-    a = load_file(str(tmp_path / "straight" / "adapter_model.safetensors"))
-    b = load_file(str(tmp_path / "resumed" / "adapter_model.safetensors"))
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
-    log = read_metrics(tmp_path / "resumed" / "log.jsonl")
-    assert [record["step"] for record in log] == [1, 2, 3, 4, 5]
+    log = crash_and_resume_matches(straight, tmp_path / "resumed", monkeypatch)
     if "temperature_lr" in options:  # restored from the checkpoint, not restarted at 0.05
         temperatures = [r["temperature"] for r in read_metrics(tmp_path / "straight" / "log.jsonl")]
         assert [r["temperature"] for r in log] == temperatures

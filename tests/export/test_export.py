@@ -12,7 +12,8 @@ from tiny_models import SHARED_DATA, make_tiny_model
 from lmembed import Embedder, TrainConfig, train
 from lmembed.cli import main
 from lmembed.data import load_sts
-from lmembed.export import ExportError, export, split_prompt
+from lmembed.export import ExportError, export
+from lmembed.export.sentence_transformers_folder import split_prompt
 
 FORMATS = ("sentence-transformers", "merged", "adapter")
 NLI = SHARED_DATA / "nli" / "snli_devtest_triplets_tok.csv.gz"

@@ -25,7 +25,6 @@ that file.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -40,8 +39,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lmembed.data._text import decode_line
 from lmembed.data.errors import DataError
+from lmembed.data.records import iter_jsonl, iter_lines, iter_parquet
 from lmembed.io import atomic_write_bytes, atomic_write_json, npy_bytes
 from lmembed.model.spec import Role
 from lmembed.options import check_choices, option
@@ -139,28 +138,14 @@ def _suffix(path: Path) -> str | None:
 def _file_rows(path: Path, text_field: str, id_field: str | None) -> Iterator[Row]:
     suffix = _suffix(path)
     if suffix == ".parquet":
-        yield from _parquet_rows(path, text_field, id_field)
-        return
-    opener = gzip.open if suffix.endswith(".gz") else open
-    with opener(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            line = decode_line(raw, path, number).removesuffix("\n").removesuffix("\r")
-            if suffix.startswith(".txt"):
-                if line.strip():
-                    yield None, line
-            elif line.strip():
-                yield _json_row(line, path, number, text_field, id_field)
-
-
-def _json_row(line: str, path: Path, number: int, text_field: str, id_field: str | None) -> Row:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise DataError(path, f"not valid JSON ({err.msg})", line=number,
-                        hint="write one JSON object per line") from None  # fmt: skip
-    if not isinstance(record, dict):
-        raise DataError(path, "not a JSON object", line=number, hint="write one object per line")
-    return _pick(record, path, number, text_field, id_field, "line")
+        columns = [text_field] + ([id_field] if id_field else [])
+        for number, record in iter_parquet(path, columns):
+            yield _pick(record, path, number, text_field, id_field, "row")
+    elif suffix.startswith(".txt"):
+        yield from ((None, line) for _, line in iter_lines(path) if line.strip())
+    else:
+        for number, record in iter_jsonl(path, hint="write one JSON object per line"):
+            yield _pick(record, path, number, text_field, id_field, "line")
 
 
 def _pick(
@@ -177,20 +162,6 @@ def _pick(
         raise DataError(path, "text is empty or not a string", line=number, column=text_field,
                         unit=unit, hint="give every row a non-empty text")  # fmt: skip
     return (record[id_field] if id_field is not None else None), text
-
-
-def _parquet_rows(path: Path, text_field: str, id_field: str | None) -> Iterator[Row]:
-    table = pq.ParquetFile(path)
-    columns = [text_field] + ([id_field] if id_field else [])
-    missing = [c for c in columns if c not in table.schema_arrow.names]
-    if missing:
-        raise DataError(path, "missing column", column=missing[0], unit="row",
-                        hint=f"columns present: {table.schema_arrow.names}")  # fmt: skip
-    number = 0
-    for batch in table.iter_batches(batch_size=8192, columns=columns):
-        for record in batch.to_pylist():
-            number += 1
-            yield _pick(record, path, number, text_field, id_field, "row")
 
 
 # --- writing shards ---------------------------------------------------------------------

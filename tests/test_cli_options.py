@@ -9,7 +9,7 @@ import pytest
 from lmembed import cli
 from lmembed.backends import BackendOptions
 from lmembed.model.resolve import resolve_spec
-from lmembed.model.spec import EmbeddingSpec
+from lmembed.model.spec import EmbeddingSpec, resolve_dtype
 from lmembed.options import build, flat_fields, given, option
 from lmembed.training.config import TrainConfig
 
@@ -95,6 +95,7 @@ def test_dtype_auto_resolves_by_hardware_and_the_saved_spec_keeps_the_choice(
     expected = "bf16" if native else "fp32"
     assert EmbeddingSpec(model="base").dtype == expected  # auto is the default
     assert EmbeddingSpec(model="base", dtype="fp16").dtype == "fp16"  # explicit wins
+    assert resolve_dtype("auto") == expected and resolve_dtype("fp16") == "fp16"
     EmbeddingSpec(model="base", dtype="auto").save(tmp_path)
     monkeypatch.setattr("lmembed.model.spec.native_bf16", lambda: not native)
     assert resolve_spec(adapter=str(tmp_path)).dtype == expected  # the saved choice
@@ -172,6 +173,28 @@ def test_inference_commands_merge_lora_unless_told_not_to(tiny_llama, tmp_path):
         args = parser.parse_args(["eval", "--adapter", adapter, *flags])
         embedder = cli._load(given(args, args.spec_names))
         assert isinstance(embedder.model, PeftModel) == separate, flags
+
+
+def test_runtime_precision_flag_reaches_the_loader_beside_the_sizes_precision(
+    monkeypatch, tmp_path
+):
+    """--runtime-precision (OpenVINO's compute precision) is an engine flag, apart from
+    --dtype (the embedding spec's) and from eval's --precision (the vectors' sizes)."""
+    calls = []
+    monkeypatch.setattr(
+        "lmembed.backends.load_encoder", lambda spec, **engine: calls.append((spec, engine))
+    )
+    args = cli.build_parser().parse_args(
+        ["eval", "--model", str(tmp_path), "--backend", "openvino",
+         "--runtime-precision", "bf16", "--precision", "float32,int8"]
+    )  # fmt: skip
+    assert args.precision == ["float32", "int8"] and args.runtime_precision == "bf16"
+    cli._load(given(args, args.spec_names))
+    (spec, engine), = calls
+    assert engine == {"backend": "openvino", "merge_lora": True, "runtime_precision": "bf16"}
+    assert "runtime_precision" not in spec and "dtype" not in spec
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["eval", "--runtime-precision", "fp16"])
 
 
 def test_eval_compare_base_beside_engine_flags(tiny_llama, tmp_path):

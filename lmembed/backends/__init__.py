@@ -22,7 +22,7 @@ from lmembed.backends.runtime_export import export_runtime
 from lmembed.io import cache_root, folder_fingerprint
 from lmembed.model.embedder import Embedder
 from lmembed.model.resolve import resolve_spec
-from lmembed.model.spec import SPEC_FILE, EmbeddingSpec
+from lmembed.model.spec import SPEC_FILE, EmbeddingSpec, resolve_dtype
 from lmembed.options import option
 from lmembed.system import accelerator
 
@@ -30,6 +30,8 @@ logger = logging.getLogger("lmembed")
 
 Backend = Literal["torch", "onnx", "openvino"]
 BACKENDS: tuple[str, ...] = typing.get_args(Backend)
+RuntimePrecision = Literal["fp32", "bf16", "auto"]
+RUNTIME_PRECISIONS: tuple[str, ...] = typing.get_args(RuntimePrecision)
 
 
 @dataclass
@@ -39,9 +41,15 @@ class BackendOptions:
     backend: Backend = option(
         "torch",
         "inference engine: torch, onnx (ONNX Runtime, fp32 or an int8 export) or openvino "
-        "(fp32; with --dtype bf16 or auto it computes in bf16 where the CPU has bf16 units, "
-        "the fastest CPU path there); a model that is not an `lmembed export --format "
-        "onnx|openvino` folder is exported once into the cache",
+        "(fp32, or bf16 with --runtime-precision); a model that is not an `lmembed export "
+        "--format onnx|openvino` folder is exported once into the cache",
+    )
+    runtime_precision: RuntimePrecision = option(
+        "fp32",
+        "--backend openvino: the precision OpenVINO computes the fp32 graph in; bf16 runs on "
+        "AMX/AVX512-BF16 units (the fastest CPU path there; vectors drift from fp32 as "
+        "torch's bf16 does); auto: bf16 where the CPU has bf16 units, else fp32. --backend "
+        "onnx computes in fp32 only; --backend torch computes in --dtype",
     )
     merge_lora: bool = option(
         True,
@@ -51,12 +59,17 @@ class BackendOptions:
 
 
 def load_encoder(
-    spec_options: dict[str, Any], backend: Backend = "torch", merge_lora: bool = True
+    spec_options: dict[str, Any],
+    backend: Backend = "torch",
+    merge_lora: bool = True,
+    runtime_precision: RuntimePrecision = "fp32",
 ) -> Embedder:
     """The embedder ``spec_options`` (``EmbeddingSpec`` fields) describe, on ``backend``
-    (``merge_lora``: see ``Embedder.from_spec``; exports are merged already)."""
+    (``merge_lora``: see ``Embedder.from_spec``; exports are merged already), an ONNX or
+    OpenVINO runtime computing in ``runtime_precision`` (see ``compute_precision``)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    precision = compute_precision(backend, runtime_precision)
     exported = export_backend(spec_options.get("model"))
     if backend == "torch":
         if exported is not None and spec_options.get("adapter") is None:
@@ -69,7 +82,6 @@ def load_encoder(
     folder = Path(spec.model) if exported and spec.adapter is None else cached_export(spec)
     if backend == "onnx" and export_backend(str(folder)) == "openvino":
         raise ExportError(f"{folder} holds OpenVINO IR only; use --backend openvino")
-    precision = runtime_precision(backend, spec_options.get("dtype"), spec.dtype)
     runtime_spec = spec.replace(model=str(folder), adapter=None, dtype=precision)
     if backend == "onnx":
         from lmembed.backends.onnx import load_onnx
@@ -80,18 +92,28 @@ def load_encoder(
     return load_openvino(folder, runtime_spec)
 
 
-def runtime_precision(backend: Backend, requested: str | None, resolved: str) -> str:
-    """The dtype a runtime computes in: fp32 (the exported graph's) unless ``--dtype`` was
-    given. OpenVINO then computes in it (bf16 runs on AMX/AVX512-BF16 units; the vectors
-    drift from fp32 as torch's bf16 does); ONNX Runtime's CPU kernels have fp32 only."""
-    if requested is None:
-        return "fp32"
-    if backend == "onnx" and resolved != "fp32":
-        raise ExportError(
-            f"--backend onnx computes in fp32 (or an int8 export), not {resolved}; "
-            "use --backend openvino or torch for bf16/fp16"
+def compute_precision(backend: Backend, runtime_precision: str) -> str:
+    """The dtype ``backend``'s runtime computes the fp32 graph in (``"auto"`` resolved);
+    ``--dtype`` does not change it. OpenVINO computes in ``runtime_precision`` (bf16 runs on
+    AMX/AVX512-BF16 units; the vectors drift from fp32 as torch's bf16 does); ONNX
+    Runtime's CPU kernels have fp32 only; torch computes in ``--dtype``, so it takes only
+    the default."""
+    if runtime_precision not in RUNTIME_PRECISIONS:
+        raise ValueError(
+            f"runtime_precision must be one of {RUNTIME_PRECISIONS}, got {runtime_precision!r}"
         )
-    return resolved
+    if backend == "torch" and runtime_precision != "fp32":
+        raise ValueError(
+            f"--runtime-precision {runtime_precision} applies to --backend openvino; "
+            "--backend torch computes in --dtype (e.g. --dtype bf16)"
+        )
+    if backend == "onnx" and runtime_precision != "fp32":
+        raise ExportError(
+            f"--backend onnx computes in fp32 (or an int8 export), not --runtime-precision "
+            f"{runtime_precision}; use --backend openvino --runtime-precision "
+            f"{runtime_precision}, or --backend torch --dtype bf16"
+        )
+    return resolve_dtype(runtime_precision)
 
 
 def export_backend(model: str | None) -> str | None:
@@ -124,4 +146,12 @@ def cached_export(spec: EmbeddingSpec) -> Path:
     return folder
 
 
-__all__ = ["BACKENDS", "Backend", "BackendOptions", "export_backend", "load_encoder"]
+__all__ = [
+    "BACKENDS",
+    "RUNTIME_PRECISIONS",
+    "Backend",
+    "BackendOptions",
+    "RuntimePrecision",
+    "export_backend",
+    "load_encoder",
+]

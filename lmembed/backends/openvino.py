@@ -3,8 +3,9 @@
 ``export(kind="openvino")`` converts the checked ONNX graph to OpenVINO IR
 (``openvino_model.xml``/``.bin``, fp32 weights kept as they are); the backend also runs an
 ONNX export folder directly. Inference precision is pinned to f32 unless the user asks
-for another dtype: on CPUs with bf16 units OpenVINO would otherwise compute in bf16 and the
-vectors would drift from ``Embedder.encode`` without anyone having chosen it.
+for another (``--runtime-precision``, not ``--dtype``): on CPUs with bf16 units OpenVINO
+would otherwise compute in bf16 and the vectors would drift from ``Embedder.encode``
+without anyone having chosen it.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def graph_file(folder: Path) -> Path:
 
 def load_openvino(folder: Path, spec: EmbeddingSpec) -> RuntimeEmbedder:
     """The embedder of an ``onnx`` or ``openvino`` export folder, on OpenVINO, computing in
-    ``spec.dtype``."""
+    ``spec.dtype`` (``load_encoder`` sets it to the runtime precision)."""
     return runtime_embedder(folder, spec, openvino_run(graph_file(folder), spec.dtype))
 
 

@@ -31,6 +31,14 @@ ROLES: tuple[Role, ...] = ("query", "document")
 DEFAULT_MAX_LENGTH = 128
 
 
+def resolve_dtype(dtype: str) -> str:
+    """``dtype`` with ``"auto"`` made concrete: bf16 where the hardware computes it (CUDA,
+    CPUs with AVX512-BF16 or AMX), else fp32. The one place ``"auto"`` is decided."""
+    if dtype == "auto":
+        return "bf16" if native_bf16() else "fp32"
+    return dtype
+
+
 @dataclass
 class EmbeddingSpec:
     """The embedding function: model (+ adapter), prompts, pooling, attention, length, dtype."""
@@ -60,8 +68,9 @@ class EmbeddingSpec:
         "auto",
         "backbone dtype (LoRA weights train in fp32); auto: bf16 where the hardware computes "
         "it (CUDA, CPUs with AVX512-BF16 or AMX), else fp32, several times faster than "
-        "emulated bf16. The spec records the dtype auto chose. --backend openvino computes "
-        "the fp32 graph in it only when given; --backend onnx runs fp32 only",
+        "emulated bf16. The spec records the dtype auto chose. --backend onnx|openvino run "
+        "the fp32 graph whatever --dtype says (OpenVINO's compute precision is "
+        "--runtime-precision)",
     )
     append_eos: bool = option(True, "append the EOS token to every text (the paper's recipe)")
     trust_remote_code: bool = option(False, "allow the model's own code (MiniCPM)")
@@ -73,8 +82,7 @@ class EmbeddingSpec:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        if self.dtype == "auto":
-            self.dtype = "bf16" if native_bf16() else "fp32"
+        self.dtype = resolve_dtype(self.dtype)
         for name in ("prompt", "query_prompt", "document_prompt"):
             template = getattr(self, name)
             if template is not None and "{s}" not in template:

@@ -84,8 +84,9 @@ def lmembed_engines(model: str, work: Path) -> tuple[dict, dict, dict]:
         for backend in ("onnx", "openvino"):
             engines[f"lmembed {backend} {label}"] = load_encoder({"model": str(folder)}, backend)
         if quantize is None and native_bf16():
-            options = {"model": str(folder), "dtype": "bf16"}
-            engines["lmembed openvino bf16"] = load_encoder(options, "openvino")
+            engines["lmembed openvino bf16"] = load_encoder(
+                {"model": str(folder)}, "openvino", runtime_precision="bf16"
+            )
     return engines, seconds, errors
 
 
@@ -272,8 +273,9 @@ def render(results: dict) -> str:
         "dynamic quantisation: int8 weights per channel, activations quantised per batch), "
         "int8-block (MatMulNBits: weights and activations with a scale per block of 32) or "
         "bf16 (only on CPUs with bf16 units: torch with bf16 weights; OpenVINO computing the "
-        "fp32 graph in bf16, `--backend openvino --dtype bf16` for lmembed and OpenVINO's own "
-        "default on such CPUs for sentence-transformers, its reported precision checked). "
+        "fp32 graph in bf16, `--backend openvino --runtime-precision bf16` for lmembed and "
+        "OpenVINO's own default on such CPUs for sentence-transformers, its reported "
+        "precision checked). "
         "sentence-transformers' onnx and openvino backends run in their own environments "
         "(their versions below), timed by the worker around one encode after a warm-up "
         "batch; every repeat runs the engines in rotated order after a warm-up call. "

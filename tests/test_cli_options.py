@@ -190,7 +190,7 @@ def test_runtime_precision_flag_reaches_the_loader_beside_the_sizes_precision(
     )  # fmt: skip
     assert args.precision == ["float32", "int8"] and args.runtime_precision == "bf16"
     cli._load(given(args, args.spec_names))
-    (spec, engine), = calls
+    ((spec, engine),) = calls
     assert engine == {"backend": "openvino", "merge_lora": True, "runtime_precision": "bf16"}
     assert "runtime_precision" not in spec and "dtype" not in spec
     with pytest.raises(SystemExit):

@@ -27,11 +27,32 @@ class Result(ABC):
     """
 
     KIND: ClassVar[str]  # what ``load``'s errors call it: "STS", "retrieval"
+    spec: dict[str, Any]
+    lmembed_version: str
+    elapsed_s: float
     base: Result | None
 
     @abstractmethod
+    def task_dicts(self) -> dict[str, dict[str, Any]]:
+        """``{task: its scores}`` as the JSON holds them."""
+
+    @abstractmethod
+    def averages(self) -> dict[str, float | None]:
+        """Each metric's mean over the tasks."""
+
     def to_dict(self) -> dict[str, Any]:
-        """The result's JSON, ``base`` included when set."""
+        """The result's JSON: the spec's fields, tasks, averages, version and time, and
+        ``base`` when set."""
+        data = {
+            **self.spec,
+            "tasks": self.task_dicts(),
+            "average": self.averages(),
+            "lmembed_version": self.lmembed_version,
+            "elapsed_s": self.elapsed_s,
+        }
+        if self.base is not None:
+            data["base"] = self.base.to_dict()
+        return data
 
     @classmethod
     @abstractmethod

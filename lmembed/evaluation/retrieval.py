@@ -70,17 +70,11 @@ class RetrievalResult(Result):
         """Each metric's mean over tasks."""
         return {m: float(np.mean([t.metrics[m] for t in self.tasks.values()])) for m in METRICS}
 
-    def to_dict(self) -> dict[str, Any]:
-        data = {
-            **self.spec,
-            "tasks": {name: task.to_dict() for name, task in self.tasks.items()},
-            "average": self.average,
-            "lmembed_version": self.lmembed_version,
-            "elapsed_s": self.elapsed_s,
-        }
-        if self.base is not None:
-            data["base"] = self.base.to_dict()
-        return data
+    def task_dicts(self) -> dict[str, dict[str, Any]]:
+        return {name: task.to_dict() for name, task in self.tasks.items()}
+
+    def averages(self) -> dict[str, float]:
+        return self.average
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RetrievalResult:

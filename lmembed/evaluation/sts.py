@@ -98,17 +98,11 @@ class STSResult(Result):
             parts.append(f"({self.spec['pooling']} pooling)")
         return " ".join(parts)
 
-    def to_dict(self) -> dict[str, Any]:
-        data = {
-            **self.spec,
-            "tasks": {name: asdict(score) for name, score in self.tasks.items()},
-            "average": {m: self.score("average", m) for m in METRICS},
-            "lmembed_version": self.lmembed_version,
-            "elapsed_s": self.elapsed_s,
-        }
-        if self.base is not None:
-            data["base"] = self.base.to_dict()
-        return data
+    def task_dicts(self) -> dict[str, dict[str, Any]]:
+        return {name: asdict(score) for name, score in self.tasks.items()}
+
+    def averages(self) -> dict[str, float | None]:
+        return {m: self.score("average", m) for m in METRICS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> STSResult:

@@ -25,7 +25,7 @@ from lmembed.export import ExportFormat
 from lmembed.model.spec import EmbeddingSpec
 from lmembed.options import add_flags, build, given, nested, option
 from lmembed.training.checkpoint import CheckpointWriteError
-from lmembed.training.config import TrainConfig
+from lmembed.training.config import TrainConfig, load_config
 
 TRAIN_LAYOUTS = """\
 training data layouts (--data FILE|DIR|HUB_ID, repeat for several datasets):
@@ -136,28 +136,28 @@ class DownloadOptions:
     nli: bool = option(True, "also fetch SimCSE's NLI training triplets")
 
 
-def _split_engine(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The embedding flags and the inference-engine flags (``BackendOptions``), apart."""
-    engine = {f.name for f in dataclasses.fields(BackendOptions)}
-    return (
-        {k: v for k, v in spec.items() if k not in engine},
-        {k: v for k, v in spec.items() if k in engine},
-    )
+@dataclass(frozen=True)
+class Request:
+    """What a command runs with: the embedding flags the user typed (``spec``; the
+    adapter's saved spec fills the rest), the inference engine, and the command's own
+    options object (for ``train``, the ``TrainConfig``: file, then flags)."""
+
+    spec: dict[str, Any]
+    engine: BackendOptions
+    options: Any
 
 
-def _load(spec: dict[str, Any]) -> Any:
+def _load(request: Request) -> Any:
     """The embedder the embedding flags describe, on the ``--backend`` engine."""
     from lmembed.backends import load_encoder
 
-    embedding, engine = _split_engine(spec)
-    return load_encoder(embedding, **dataclasses.asdict(build(BackendOptions, engine)))
+    return load_encoder(request.spec, **dataclasses.asdict(request.engine))
 
 
-def cmd_train(spec: dict[str, Any], options: TrainConfig | None, args: argparse.Namespace) -> None:
-    from lmembed.training.config import load_config
+def cmd_train(request: Request) -> None:
     from lmembed.training.trainer import train
 
-    result = train(load_config(args.config, **given(args, args.flat_names)))
+    result = train(request.options)
     print(
         f"adapter saved to {result.output} after {result.steps} steps "
         f"(final loss {result.final_loss:.4f}, {result.seconds:.0f} s training"
@@ -174,15 +174,16 @@ def cmd_train(spec: dict[str, Any], options: TrainConfig | None, args: argparse.
             f"{k} {v:.2f}" for k, v in result.last_scores.items()))  # fmt: skip
 
 
-def cmd_encode(spec: dict[str, Any], options: Any, args: argparse.Namespace) -> None:
+def cmd_encode(request: Request) -> None:
     """``--output X.npy``: a small text file in memory; ``--output DIR``: sharded corpus."""
     from lmembed.encoding import encode_corpus
     from lmembed.io import atomic_write_npy
     from lmembed.quantization import save_ranges, shrink
 
+    options = request.options
     if not options.input or not options.output:
         raise ValueError("give --input FILE and --output (a .npy file or a folder)")
-    embedder = _load(spec)
+    embedder = _load(request)
     if not options.output.endswith(".npy"):
         print(f"manifest: {encode_corpus(embedder, options)}")
         return
@@ -198,16 +199,17 @@ def cmd_encode(spec: dict[str, Any], options: Any, args: argparse.Namespace) -> 
     print(f"wrote {codes.shape[0]} x {codes.shape[1]} {codes.dtype} vectors to {options.output}")
 
 
-def cmd_eval(spec: dict[str, Any], options: EvalOptions, args: argparse.Namespace) -> None:
+def cmd_eval(request: Request) -> None:
     from lmembed.data.retrieval import split_tasks
     from lmembed.evaluation import EvalRun, evaluate
     from lmembed.evaluation.retrieval import evaluate_retrieval
     from lmembed.model.resolve import resolve_spec
 
+    options = request.options
     selection = split_tasks(options.tasks)
     retrieval_tasks = [*selection.retrieval, *options.retrieval]
     if options.sizes.dims or options.sizes.precision != ["float32"]:
-        _eval_sizes(spec, options, selection.sts, retrieval_tasks)
+        _eval_sizes(request, selection.sts, retrieval_tasks)
         return
 
     def score(embedder: Any) -> EvalRun:
@@ -220,26 +222,24 @@ def cmd_eval(spec: dict[str, Any], options: EvalOptions, args: argparse.Namespac
             )
         return run
 
-    run = score(_load(spec))
+    run = score(_load(request))
     if options.compare_base:
-        chosen, engine = _split_engine(spec)
-        base_spec = resolve_spec(chosen).replace(adapter=None).to_dict()
-        run = run.against(score(_load({**base_spec, **engine})))
+        base_spec = resolve_spec(request.spec).replace(adapter=None).to_dict()
+        run = run.against(score(_load(dataclasses.replace(request, spec=base_spec))))
     print(run.to_markdown())
     if options.output:
         run.save(options.output)
         print(f"results written to {options.output}")
 
 
-def _eval_sizes(
-    spec: dict[str, Any], options: EvalOptions, sts: list[str], retrieval: list[str]
-) -> None:
+def _eval_sizes(request: Request, sts: list[str], retrieval: list[str]) -> None:
     """``--dims``/``--precision``: one table (and plot) of every size x precision."""
     from lmembed.evaluation.sizes import evaluate_sizes
 
+    options = request.options
     sizes = options.sizes
     table = evaluate_sizes(
-        _load(spec), sizes.dims, sizes.precision, sts, options.data_dir, retrieval,
+        _load(request), sizes.dims, sizes.precision, sts, options.data_dir, retrieval,
         options.batch_size,
     )  # fmt: skip
     print(table.to_markdown())
@@ -248,17 +248,19 @@ def _eval_sizes(
         print("results written to " + ", ".join(str(p) for p in paths))
 
 
-def cmd_download(spec: dict[str, Any], options: DownloadOptions, args: argparse.Namespace) -> None:
+def cmd_download(request: Request) -> None:
     from lmembed.data import DOWNLOAD_TASKS, download, resolve_tasks
 
+    options = request.options
     tasks = DOWNLOAD_TASKS if options.tasks == "all" else resolve_tasks(options.tasks)
     for name, path in download(options.to, tasks, nli=options.nli).items():
         print(f"{name}: {path}")
 
 
-def cmd_demo(spec: dict[str, Any], options: DemoOptions, args: argparse.Namespace) -> None:
+def cmd_demo(request: Request) -> None:
     from lmembed.experiments.demo import publish_results, results_table, run_demo
 
+    options = request.options
     chosen = dataclasses.asdict(options)
     publish = chosen.pop("publish")
     report = run_demo(**chosen)
@@ -267,16 +269,18 @@ def cmd_demo(spec: dict[str, Any], options: DemoOptions, args: argparse.Namespac
         print(results_table(publish_results(report.parent, publish)))
 
 
-def cmd_ablate(spec: dict[str, Any], options: AblateOptions, args: argparse.Namespace) -> None:
+def cmd_ablate(request: Request) -> None:
     from lmembed.experiments.ablate import run_ablation
 
+    options = request.options
     command = shlex.join(["lmembed", *sys.argv[1:]])
     print(f"report: {run_ablation(**dataclasses.asdict(options), command=command)}")
 
 
-def cmd_export(spec: dict[str, Any], options: ExportOptions, args: argparse.Namespace) -> None:
+def cmd_export(request: Request) -> None:
     from lmembed.export import export
 
+    options = request.options
     output = export(
         options.output,
         options.format,
@@ -284,27 +288,29 @@ def cmd_export(spec: dict[str, Any], options: ExportOptions, args: argparse.Name
         quantize=options.quantize,
         normalize=options.normalize,
         results=options.results,
-        **spec,
+        **request.spec,
     )
     print(f"wrote {options.format} export to {output}")
 
 
-def cmd_mine(spec: dict[str, Any], options: Any, args: argparse.Namespace) -> None:
+def cmd_mine(request: Request) -> None:
     from lmembed.model.embedder import Embedder
     from lmembed.retrieval.mine import mine
 
-    summary = mine(Embedder.from_pretrained(**spec), options)
+    options = request.options
+    summary = mine(Embedder.from_pretrained(**request.spec), options)
     print(", ".join(f"{key} {value}" for key, value in summary.to_dict().items()))
 
 
-def cmd_serve(spec: dict[str, Any], options: Any, args: argparse.Namespace) -> None:
+def cmd_serve(request: Request) -> None:
     from lmembed.serving import require_serve_extra, serve
 
+    options = request.options
     try:
         require_serve_extra()
     except ImportError as error:
         raise SystemExit(f"lmembed serve: error: {error}") from None
-    serve(_load(spec), options)
+    serve(_load(request), options)
 
 
 @dataclass(frozen=True)
@@ -313,10 +319,13 @@ class Command:
 
     name: str
     help: str
-    run: Callable[[dict[str, Any], Any, argparse.Namespace], None]
-    options: type | None = None
+    run: Callable[[Request], None]
+    options: type
     embedding: bool = False  # takes the EmbeddingSpec flags
     backend: bool = False  # takes --backend (torch, onnx, openvino)
+    # Reads a --config YAML file with the flags on top (``load_config``'s signature).
+    from_file: Callable[..., Any] | None = None
+    epilog: str | None = None
 
 
 def _server_config() -> type:
@@ -340,7 +349,7 @@ def _mine_options() -> type:
 def commands() -> list[Command]:
     return [
         Command("train", "fine-tune a model with LoRA (flags override --config)", cmd_train,
-                TrainConfig),
+                TrainConfig, from_file=load_config, epilog=TRAIN_LAYOUTS),
         Command("encode", "embed texts: a .txt file into a .npy, or a corpus of any size "
                 "into shards + manifest", cmd_encode, _encode_options(), embedding=True,
                 backend=True),
@@ -378,19 +387,32 @@ def build_parser() -> argparse.ArgumentParser:
             name,
             help=command.help,
             description=command.help,
-            epilog=TRAIN_LAYOUTS if command.options is TrainConfig else None,
+            epilog=command.epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        spec_names: list[str] = []
+        spec_names, engine_names = [], []
         if command.embedding:
             spec_names = add_flags(sub, EmbeddingSpec, group="embedding (default: the adapter's)")
         if command.backend:
-            spec_names += add_flags(sub, BackendOptions, group="inference engine")
-        flat_names = add_flags(sub, command.options) if command.options else []
-        if command.options is TrainConfig:
-            sub.add_argument("--config", help="YAML file of train options (flags override it)")
-        sub.set_defaults(command=command, spec_names=spec_names, flat_names=flat_names)
+            engine_names = add_flags(sub, BackendOptions, group="inference engine")
+        flat_names = add_flags(sub, command.options)
+        if command.from_file is not None:
+            sub.add_argument("--config", help="YAML file of options (flags override it)")
+        sub.set_defaults(command=command, spec_names=spec_names, engine_names=engine_names,
+                         flat_names=flat_names)  # fmt: skip
     return parser
+
+
+def request(args: argparse.Namespace) -> Request:
+    """The parsed flags as the command's ``Request`` (only what the user typed)."""
+    command: Command = args.command
+    chosen = given(args, args.flat_names)
+    if command.from_file is not None:
+        options = command.from_file(args.config, **chosen)
+    else:
+        options = build(command.options, chosen, f"lmembed {command.name}")
+    engine = build(BackendOptions, given(args, args.engine_names), "inference engine")
+    return Request(given(args, args.spec_names), engine, options)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -401,12 +423,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     command: Command = args.command
     try:
-        spec = given(args, args.spec_names)
-        options = None
-        if command.options is not None and command.options is not TrainConfig:
-            chosen = given(args, args.flat_names)
-            options = build(command.options, chosen, f"lmembed {command.name}")
-        command.run(spec, options, args)
+        command.run(request(args))
     except (ValueError, FileNotFoundError, FileExistsError, CheckpointWriteError) as error:
         # Input problems and a full disk: one clear line, not a traceback.
         print(f"lmembed {command.name}: error: {error}", file=sys.stderr)

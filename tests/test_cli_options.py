@@ -42,7 +42,7 @@ def test_every_flag_of_every_command_is_a_declared_option():
             declared |= {f.name for f in flat_fields(EmbeddingSpec)}
         if command.backend:
             declared |= {f.name for f in flat_fields(BackendOptions)}
-        if command.options is TrainConfig:
+        if command.from_file is not None:
             declared.add("config")  # the YAML file the flags override
         assert _dests(parser) == declared, name
     spec_options = {f.name for f in flat_fields(EmbeddingSpec)}
@@ -171,7 +171,7 @@ def test_inference_commands_merge_lora_unless_told_not_to(tiny_llama, tmp_path):
     parser = cli.build_parser()
     for flags, separate in (([], False), (["--no-merge-lora"], True)):
         args = parser.parse_args(["eval", "--adapter", adapter, *flags])
-        embedder = cli._load(given(args, args.spec_names))
+        embedder = cli._load(cli.request(args))
         assert isinstance(embedder.model, PeftModel) == separate, flags
 
 
@@ -189,7 +189,7 @@ def test_runtime_precision_flag_reaches_the_loader_beside_the_sizes_precision(
          "--runtime-precision", "bf16", "--precision", "float32,int8"]
     )  # fmt: skip
     assert args.precision == ["float32", "int8"] and args.runtime_precision == "bf16"
-    cli._load(given(args, args.spec_names))
+    cli._load(cli.request(args))
     ((spec, engine),) = calls
     assert engine == {"backend": "openvino", "merge_lora": True, "runtime_precision": "bf16"}
     assert "runtime_precision" not in spec and "dtype" not in spec

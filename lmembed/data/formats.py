@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 from lmembed.data._text import check_not_blank, decode_line, ungzipped
 from lmembed.data.errors import DataError
 from lmembed.data.hub import HubSource, load_hub_rows, looks_like_hub_id
+from lmembed.data.records import iter_parquet, numbered_lines, parse_object
 from lmembed.io import cache_root
 
 # (line or row number from 1, the record or None for a blank line, its position)
@@ -73,15 +74,6 @@ class _TextSource(Source):
         stat = self.file.stat()
         return stat.st_size, stat.st_mtime_ns
 
-    def _lines(self, handle: BinaryIO, first: int) -> Iterator[tuple[int, int, str]]:
-        """(line number, byte offset after the line, text) from the handle's position on."""
-        number, offset = first, handle.tell()
-        for raw in handle:
-            text = decode_line(raw, self.path, number)
-            yield number, offset + len(raw), text.removeprefix(_BOM) if offset == 0 else text
-            number += 1
-            offset += len(raw)
-
     def fetch(self, positions: Sequence[int], columns: Sequence[str]) -> list[Mapping[str, Any]]:
         if self._stat() != self._stamp:
             raise DataError(
@@ -102,7 +94,7 @@ class JsonlSource(_TextSource):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         with self.file.open("rb") as handle:
-            for number, _, text in self._lines(handle, 1):
+            for number, _, text in numbered_lines(handle, self.path, 1):
                 if text.strip():
                     self.columns = list(self._parse(text, number))
                     break
@@ -110,8 +102,9 @@ class JsonlSource(_TextSource):
     def scan(self, columns: Sequence[str]) -> Iterator[Row]:
         with self.file.open("rb") as handle:
             start = 0
-            for number, end, text in self._lines(handle, 1):
-                yield number, self._parse(text, number) if text.strip() else None, start
+            for number, end, text in numbered_lines(handle, self.path, 1):
+                record = self._parse(text, number) if text.strip() else None
+                yield number, record, start
                 start = end
 
     def _read_at(self, handle: BinaryIO, position: int) -> Mapping[str, Any]:
@@ -119,24 +112,7 @@ class JsonlSource(_TextSource):
         return json.loads(handle.readline().decode("utf-8").removeprefix(_BOM))
 
     def _parse(self, text: str, number: int) -> Mapping[str, Any]:
-        try:
-            obj = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as err:
-            detail = f"{err.msg} at character {err.pos + 1}" if hasattr(err, "pos") else "too deep"
-            raise DataError(
-                self.name,
-                f"not valid JSON ({detail})",
-                line=number,
-                hint="each line must be one complete JSON object",
-            ) from None
-        if not isinstance(obj, dict):
-            raise DataError(
-                self.name,
-                f"expected a JSON object, got {type(obj).__name__}",
-                line=number,
-                hint='write objects like {"anchor": "...", "positive": "..."}',
-            )
-        return obj
+        return parse_object(text, self.name, number, example='{"anchor": "...", "positive": "..."}')
 
 
 class TsvSource(_TextSource):
@@ -155,7 +131,7 @@ class TsvSource(_TextSource):
     def scan(self, columns: Sequence[str]) -> Iterator[Row]:
         with self.file.open("rb") as handle:
             start = len(handle.readline())
-            for number, end, text in self._lines(handle, 2):
+            for number, end, text in numbered_lines(handle, self.path, 2):
                 offset, start = start, end
                 if not text.strip():
                     yield number, None, offset
@@ -183,7 +159,7 @@ class CsvSource(_TextSource):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         with self.file.open("rb") as handle:
-            feed = _Feed(self._lines(handle, 1))
+            feed = _Feed(numbered_lines(handle, self.path, 1))
             try:
                 self.columns = [c.strip() for c in next(csv.reader(feed))]
             except csv.Error as err:
@@ -191,7 +167,7 @@ class CsvSource(_TextSource):
 
     def scan(self, columns: Sequence[str]) -> Iterator[Row]:
         with self.file.open("rb") as handle:
-            feed = _Feed(self._lines(handle, 1))
+            feed = _Feed(numbered_lines(handle, self.path, 1))
             reader = csv.reader(feed)
             try:
                 next(reader)
@@ -256,11 +232,8 @@ class ParquetSource(Source):
         self._starts = [sum(sizes[:g]) for g in range(len(sizes) + 1)]
 
     def scan(self, columns: Sequence[str]) -> Iterator[Row]:
-        number = 0
-        for group in range(len(self._starts) - 1):
-            for record in self._group(group, tuple(columns)).to_pylist():
-                number += 1
-                yield number, record, number - 1
+        for number, record in iter_parquet(self.name, columns):
+            yield number, record, number - 1
 
     def fetch(self, positions: Sequence[int], columns: Sequence[str]) -> list[Mapping[str, Any]]:
         out = []

@@ -10,14 +10,14 @@ BEIR and MTEB, else its text unchanged.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from lmembed.data._text import read_text, split_lines
 from lmembed.data.errors import DataError
+from lmembed.data.records import iter_jsonl
 from lmembed.data.sts import DATA_DIR_ENV, resolve_data_dir, resolve_tasks
 
 logger = logging.getLogger(__name__)
@@ -185,26 +185,17 @@ def _qrels_path(folder: Path, split: str) -> Path:
         ) from None
 
 
-def _records(path: Path) -> Iterator[tuple[int, dict]]:
-    for number, line in enumerate(
-        split_lines(read_text(path, expected="one JSON object a line")), 1
-    ):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(path, f"invalid JSON ({err.msg})", line=number) from None
-        if not isinstance(record, dict):
-            raise DataError(path, "expected a JSON object", line=number, hint='{"_id": ..., ...}')
-        yield number, record
-
-
 def _read_jsonl(path: Path, with_title: bool) -> tuple[list[str], list[str]]:
     ids: list[str] = []
     texts: list[str] = []
     seen: set[str] = set()
-    for number, record in _records(path):
+    records = iter_jsonl(
+        path,
+        expected="one JSON object a line",
+        example='{"_id": ..., "text": ...}',
+        hint="fix the invalid JSON: each line must be one complete object",
+    )
+    for number, record in records:
         ident = _field(path, number, record, "_id", (str, int))
         text = _field(path, number, record, "text", (str,))
         title = record.get("title") if with_title else None

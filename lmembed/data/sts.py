@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import os
@@ -25,6 +24,7 @@ import numpy as np
 
 from lmembed.data._text import read_text, split_lines
 from lmembed.data.errors import DataError
+from lmembed.data.records import iter_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -232,17 +232,10 @@ def _read_csv(path: Path) -> Rows:
 
 
 def _read_jsonl(path: Path) -> Rows:
-    lines = split_lines(read_text(path, expected='one {"sentence1", "sentence2", "score"} a line'))
+    expected = 'one {"sentence1", "sentence2", "score"} a line'
+    example = '{"sentence1": "...", "sentence2": "...", "score": 4.2}'
     rows: Rows = ([], [], [], [])
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as err:
-            raise DataError(path, f"invalid JSON ({err})", line=number) from None
-        if not isinstance(record, dict):
-            raise DataError(path, "expected a JSON object", line=number)
+    for number, record in iter_jsonl(path, expected=expected, example=example):
         _columns(path, list(record), "JSON object", number)
         s1, s2 = (_text(path, number, record, key) for key in HEADER[:2])
         score = record["score"]

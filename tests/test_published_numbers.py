@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+from lmembed.evaluation import STSResult
 from lmembed.experiments.demo import results_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,3 +32,22 @@ def test_the_table_reads_the_numbers_it_shows(tmp_path):
 def test_the_quality_page_shows_the_same_table():
     table = results_table(RESULTS)
     assert table in (ROOT / "docs" / "quality.md").read_text(encoding="utf-8")
+
+
+NINE_TASK_ROWS = {  # quality.md's nine-task table: row label -> result file
+    "all-MiniLM-L6-v2 (22M encoder)": "baselines/all-minilm-l6-v2-nine.json",
+    "gemma-3-270m, base (bf16, native-bf16 Xeon)": "baselines/gemma-3-270m-nine.json",
+}
+
+
+def nine_task_row(label: str, path: Path) -> str:
+    """The markdown row quality.md shows for a nine-task result file."""
+    result = STSResult.load(path)
+    cells = [f"{result.score(task):.2f}" for task in result.tasks]
+    return f"| {label} | {' | '.join(cells)} | **{result.score('average'):.2f}** |"
+
+
+def test_the_nine_task_rows_come_from_their_result_files():
+    quality = (ROOT / "docs" / "quality.md").read_text(encoding="utf-8")
+    for label, name in NINE_TASK_ROWS.items():
+        assert nine_task_row(label, ROOT / "docs" / "results" / name) in quality, label

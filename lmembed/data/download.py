@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 
 from lmembed.data.errors import DataError
 from lmembed.data.hub import HubSource, load_hub_rows
-from lmembed.data.sts import ALL_TASKS, HEADER, TASKS
+from lmembed.data.sts import ALL_TASKS, HEADER, TASKS, parse_score
 from lmembed.data.triplets import COLUMNS, HUB_NLI
 from lmembed.io import atomic_write_text
 
@@ -135,18 +134,6 @@ def _text(path: str | Path, number: int, column: str, row: Mapping[str, Any]) ->
 
 def _format_score(path: str | Path, number: int, value: Any) -> str:
     """Shortest text that reads back as the same number (float32 sources print as 2.4)."""
-    try:
-        score = float(value)
-    except (TypeError, ValueError):
-        score = math.nan
-    if not math.isfinite(score):
-        raise DataError(
-            path,
-            f"score {value!r} is not a number",
-            line=number,
-            column="score",
-            unit="row",
-            hint="the hub dataset is not in the expected layout",
-        )
+    score = parse_score(path, number, value, "the hub dataset is not in the expected layout", "row")
     as32 = np.float32(score)
     return str(as32) if float(as32) == score else repr(score)

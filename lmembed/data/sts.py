@@ -19,6 +19,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -300,17 +301,19 @@ def _check_range(
     logger.info("%s: %d pairs, scores %g-%g", path, len(scores), low, high)
 
 
-def _score(path: Path, line: int, text: str) -> float:
+def parse_score(path: str | Path, line: int, value: Any, hint: str, unit: str = "line") -> float:
+    """A gold score as a finite float, or a ``DataError`` naming file, line and column."""
     try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
+        score = float(value)
+    except (TypeError, ValueError):
+        score = math.nan
+    if not math.isfinite(score):
         raise DataError(
-            path,
-            f"score {text!r} is not a number",
-            line=line,
-            column="score",
-            hint="the third column must be the gold similarity, e.g. 3.8",
-        )
-    return value
+            path, f"score {value!r} is not a number", line=line, column="score", unit=unit,
+            hint=hint,
+        )  # fmt: skip
+    return score
+
+
+def _score(path: Path, line: int, text: str) -> float:
+    return parse_score(path, line, text, "the third column must be the gold similarity, e.g. 3.8")

@@ -27,6 +27,7 @@ from lmembed.evaluation.sts import STSResult
 from lmembed.io import atomic_write_text
 from lmembed.model.spec import SPEC_FILE, EmbeddingSpec
 from lmembed.retrieval.metrics import METRICS as RETRIEVAL_METRICS
+from lmembed.training.evaluator import RETRIEVAL_MAIN, STS_MAIN, split_metric
 from lmembed.training.run_dir import RunDir
 
 CARD_FILE = "README.md"
@@ -90,9 +91,6 @@ QUANTIZE_TEXT = {
     "int8-block": "int8 weights in blocks of 32 (MatMulNBits)",
 }
 CONFIG_SKIPPED = ("output", "resume")  # where and how the run was saved, not the recipe
-STS_MAIN, RETRIEVAL_MAIN = "spearman", "ndcg@10"
-# eval.jsonl keys are "task" (its main metric) or "task/metric" for these.
-SUB_METRICS = {"pearson", *RETRIEVAL_METRICS}
 CITATION = """\
 @article{ukarapol2024improving,
   title={Improving Text Embeddings for Smaller Language Models Using Contrastive Fine-tuning},
@@ -236,16 +234,9 @@ def _read_run(run: Path) -> RunRecords:
     )
 
 
-def _split_key(key: str, metrics: dict[str, Any]) -> tuple[str, str | None]:
-    """``eval.jsonl``'s ``"task/metric"`` -> (task, metric); a bare task (its main metric) ->
-    (task, None). Tasks named by a file path hold "/" themselves, hence the known names."""
-    task, _, metric = key.rpartition("/")
-    return (task, metric) if metric in SUB_METRICS and task in metrics else (key, None)
-
-
 def _evaluation_scores(metrics: dict[str, float]) -> list[TaskScores]:
     """``{"task": main, "task/metric": other}`` (``eval.jsonl``) as scores per task."""
-    keys = {key: _split_key(key, metrics) for key in metrics}
+    keys = {key: split_metric(key, metrics) for key in metrics}
     scores = []
     for task in (key for key, (_, sub) in keys.items() if sub is None):
         others = {sub: metrics[key] for key, (of, sub) in keys.items() if sub and of == task}
@@ -524,7 +515,7 @@ def _history(records: RunRecords) -> str:
     """``eval.jsonl`` as a step x metric table; this model's step (best or last) in bold."""
     chosen = records.chosen()
     keys = {k: None for r in records.evaluations for k in r["metrics"]}
-    labels = [_metric_label(*_split_key(key, keys)) for key in keys]
+    labels = [_metric_label(*split_metric(key, keys)) for key in keys]
     rows = []
     for record in records.evaluations:
         step = str(record["step"])

@@ -222,9 +222,12 @@ class TrainingData:
         return {"examples": len(self), "mixing": self.mixing, "dedupe": self.dedupe,
                 "datasets": rows}  # fmt: skip
 
-    def log_summary(self, batch_size: int | None = None, seed: int = 0) -> None:
-        for row in self.summary(batch_size, seed)["datasets"]:
+    def log_summary(self, batch_size: int | None = None, seed: int = 0) -> dict[str, Any]:
+        """Log ``summary``'s rows, and return it (a run writes it to ``data.json``)."""
+        summary = self.summary(batch_size, seed)
+        for row in summary["datasets"]:
             logger.info("training data %s", ", ".join(f"{k}={v}" for k, v in row.items()))
+        return summary
 
 
 def load_training_data(options: DataOptions) -> TrainingData:

@@ -15,7 +15,7 @@ without evaluations.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,8 @@ from lmembed.training.checkpoint import rng_states, set_rng_states
 
 DEFAULT_TASK = "stsb-dev"
 STS_MAIN, RETRIEVAL_MAIN = "spearman", "ndcg@10"
+# A task's metrics other than its main one, logged as "task/metric".
+SUB_METRICS = ("pearson", *(m for m in RETRIEVAL_METRICS if m != RETRIEVAL_MAIN))
 Scorer = Callable[[Embedder], dict[str, float]]
 
 
@@ -140,6 +142,13 @@ class DevEvaluator:
             for metric, value in found.metrics.items():
                 metrics[name if metric == RETRIEVAL_MAIN else f"{name}/{metric}"] = value
         return metrics
+
+
+def split_metric(name: str, names: Collection[str]) -> tuple[str, str | None]:
+    """``"task/metric"`` -> (task, metric); a task's main metric (its bare name) ->
+    (task, None). Tasks named by a file path hold "/" themselves, hence the known ``names``."""
+    task, _, metric = name.rpartition("/")
+    return (task, metric) if metric in SUB_METRICS and task in names else (name, None)
 
 
 def metric_key(name: str, available: Iterable[str]) -> str:

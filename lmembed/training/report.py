@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lmembed.io import atomic_write_bytes, atomic_write_text
+from lmembed.training.evaluator import split_metric
 from lmembed.training.run_dir import RunDir
 
 
@@ -30,8 +31,7 @@ def task_groups(metric_names: list[str]) -> dict[str, list[str]]:
     path) comes before its task's ``task/metric`` names."""
     groups: dict[str, list[str]] = {}
     for name in metric_names:
-        task = next((t for t in groups if name.startswith(f"{t}/")), name)
-        groups.setdefault(task, []).append(name)
+        groups.setdefault(split_metric(name, metric_names)[0], []).append(name)
     return groups
 
 

@@ -23,6 +23,7 @@ TRACKERS = ("jsonl", "tensorboard", "mlflow")
 INSTALL = "pip install 'lmembed[track]'"
 EXPERIMENT = "lmembed"
 ADAPTER_EXTRAS = ("lmembed.json", "README.md")
+FLUSH_SECONDS = 5
 
 
 class MissingExtraError(ValueError):
@@ -94,7 +95,10 @@ class TensorBoard:
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
-        self.writer = SummaryWriter(str(folder), purge_step=start if start > 0 else None)
+        # Written every few seconds in the background, not at every step.
+        self.writer = SummaryWriter(
+            str(folder), purge_step=start if start > 0 else None, flush_secs=FLUSH_SECONDS
+        )
         if start == 0:
             tags = {f"eval/{name}": 0.0 for name in eval_metrics}
             for summary in hparams(flat_params(params), tags):
@@ -103,7 +107,6 @@ class TensorBoard:
     def log(self, step: int, values: dict[str, float]) -> None:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
-        self.writer.flush()
 
     def finish(self, adapter: Path) -> None:
         self.writer.close()

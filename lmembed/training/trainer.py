@@ -214,8 +214,7 @@ def _train(
     seed_everything(config.seed)
     data = data if data is not None else load_training_data(config.dataset)
     if job.is_main:
-        data.log_summary(config.batch_size, config.seed)
-        atomic_write_json(run.data_summary, data.summary())
+        atomic_write_json(run.data_summary, data.log_summary(config.batch_size, config.seed))
     n_steps = total_steps(config, data)
     check_sharding(config.batch_size, [len(d) for d in data.datasets], n_steps, job.world_size)
     embedder = build_embedder(config).to(job.device)

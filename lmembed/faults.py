@@ -3,7 +3,8 @@
 ``LMEMBED_FAULT="NAME:N"`` SIGKILLs this process the N-th time it reaches the
 point ``NAME`` (``forward``, ``backward``, ``optimizer_step``, ``checkpoint_write``,
 ``checkpoint_swap``, ``evaluate``: inside an evaluation, ``best_save``: between a new
-best's adapter and its ``best.json``); ``NAME:N:pause=SECONDS`` sleeps there instead, so a timer
+best's adapter and its ``best.json``, ``teacher_write``: between a teacher-cache part's
+vectors and its keys); ``NAME:N:pause=SECONDS`` sleeps there instead, so a timer
 kill lands inside that point. ``LMEMBED_FAULT_RANK`` limits it to one rank of a
 ``torchrun`` job. Unset, a point costs one dictionary lookup: kill tests exercise
 the real code paths and nothing else changes.
@@ -24,6 +25,7 @@ POINTS = (
     "checkpoint_swap",
     "evaluate",
     "best_save",
+    "teacher_write",
 )
 _reached: Counter[str] = Counter()
 

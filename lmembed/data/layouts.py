@@ -5,7 +5,10 @@ Layouts are detected from the column names (``PRESETS``) or named with a column 
 
 * pairs ``(anchor, positive)``: in-batch negatives only;
 * triplets ``(anchor, positive, negative)``;
-* k negatives ``(anchor, positive, negative_1 ... negative_k)``, or one list cell of them.
+* k negatives ``(anchor, positive, negative_1 ... negative_k)``, or one list cell of them;
+* texts only: one text column (``text``, the table's only column, or ``--columns
+  anchor=COL`` alone) and no pairs, for distillation alone (``--teacher``, ``--loss none``):
+  each text is scored against the other texts of its batch.
 
 A negatives cell may be text (one negative) or a list of texts (jsonl, parquet), so all
 three shapes are one rule. A list-valued *positive* (FlagEmbedding's ``pos``) uses its
@@ -46,26 +49,30 @@ PRESETS = (
 
 @dataclass(frozen=True)
 class Example:
+    """One row; ``positive`` is ``None`` for text-only data."""
+
     anchor: str
-    positive: str
+    positive: str | None
     negatives: tuple[str, ...]
     unused_positives: int = 0
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Resolved column names for one table."""
+    """Resolved column names for one table (``positive`` is ``None``: text only)."""
 
     name: str
     anchor: str
-    positive: str
+    positive: str | None
     negatives: tuple[str, ...] = ()
 
     @property
     def columns(self) -> tuple[str, ...]:
-        return (self.anchor, self.positive, *self.negatives)
+        return (self.anchor, *([self.positive] if self.positive else []), *self.negatives)
 
     def describe(self) -> str:
+        if self.positive is None:
+            return f"{self.name}: text={self.anchor} (texts only)"
         negatives = f", negatives={'+'.join(self.negatives)}" if self.negatives else " (pairs)"
         return f"{self.name}: anchor={self.anchor}, positive={self.positive}{negatives}"
 
@@ -75,6 +82,8 @@ class Layout:
         if missing:
             raise missing_columns(source, missing, list(record), line=line, unit=unit)
         anchor = _text(record[self.anchor], source, line, self.anchor, unit)
+        if self.positive is None:
+            return Example(anchor, None, ())
         positives = _texts(record[self.positive], source, line, self.positive, unit)
         if not positives:
             raise DataError(
@@ -108,12 +117,24 @@ def parse_columns(text: str | None) -> dict[str, str]:
 
 
 def resolve_layout(
-    found: Sequence[str], mapping: Mapping[str, str], source: str, unit: str = "line"
+    found: Sequence[str],
+    mapping: Mapping[str, str],
+    source: str,
+    unit: str = "line",
+    texts: bool = False,
 ) -> Layout:
-    """The layout of a table with columns ``found``: a preset, overridden by ``mapping``."""
+    """The layout of a table with columns ``found``: a preset, overridden by ``mapping``.
+
+    A table with no pair layout and one text column is text-only data, allowed with
+    ``texts`` (distillation alone) and otherwise an error that says so.
+    """
     line = 1 if unit == "line" else None
     matches = [p for p in PRESETS if p.anchor in found and p.positive in found]
-    if "anchor" in mapping and "positive" in mapping:
+    paired = "anchor" in mapping and "positive" in mapping
+    column = None if paired or matches else _text_column(found, mapping)
+    if column is not None:
+        return _texts_layout(column, found, source, line, unit, texts)
+    if paired:
         base = Preset("columns", mapping["anchor"], mapping["positive"], ())
     elif len(matches) == 1:
         base = matches[0]
@@ -145,6 +166,36 @@ def resolve_layout(
         raise missing_columns(source, missing, found, line=line, unit=unit)
     name = base.name if not mapping else "columns"
     return Layout(name, anchor, positive, negatives)
+
+
+def _text_column(found: Sequence[str], mapping: Mapping[str, str]) -> str | None:
+    """The text column of text-only data: ``--columns anchor=COL`` alone, else ``text``,
+    else a table's only column; ``None`` when the table is none of these."""
+    if "positive" in mapping:
+        return None
+    if "anchor" in mapping:
+        return mapping["anchor"]
+    if "text" in found:
+        return "text"
+    return str(found[0]) if len(found) == 1 else None
+
+
+def _texts_layout(
+    column: str, found: Sequence[str], source: str, line: int | None, unit: str, texts: bool
+) -> Layout:
+    if not texts:
+        raise DataError(
+            source,
+            f"one text column ({column}) and no pairs: such data trains only by distillation "
+            f"(found: {', '.join(map(str, found)) or 'none'})",
+            line=line,
+            unit=unit,
+            hint="train by distillation alone with --teacher MODEL --loss none, or name the "
+            "pairs with --columns anchor=COL,positive=COL",
+        )
+    if column not in found:
+        raise missing_columns(source, [column], found, line=line, unit=unit)
+    return Layout("texts", column, None)
 
 
 def missing_columns(

@@ -12,6 +12,10 @@ resuming at any step, or sharding a batch over processes, sees exactly the batch
 an uninterrupted single-process run. One dataset without repeated anchors or
 positives gives the same batches as ``sampler.batch_indices`` always has.
 
+Text-only data (one text column, no pairs) loads only with ``texts=True``: the trainer
+allows it for distillation alone (``--teacher``, ``--loss none``); its batches have no
+positives and each text is scored against the batch's other texts.
+
 Hard negatives: a dataset uses ``K`` per anchor, the same for every row; by default the
 fewest any of its rows has (logged when rows differ), or ``--negatives-per-anchor K``
 (a row with fewer is an error). Rows with more contribute ``K`` of them, drawn from
@@ -54,7 +58,8 @@ class DataOptions:
     columns: str | None = option(
         None,
         "column mapping when the layout is not detected: anchor=COL,positive=COL,"
-        "negatives=COL_OR_GLOB (negatives= for pairs)",
+        "negatives=COL_OR_GLOB (negatives= for pairs; anchor=COL alone: one text column, "
+        "for distillation alone)",
     )
     mixing: str = option("proportional", f"several datasets, one per batch: {MIXING_HELP}")
     negatives_per_anchor: int | None = option(
@@ -84,10 +89,11 @@ class DataOptions:
 class Batch:
     """One step's examples, all from ``dataset``; every anchor has the same number of
     negatives (``negatives[i]``), so flattened row-major anchor ``i`` owns rows
-    ``i*K .. i*K+K-1``."""
+    ``i*K .. i*K+K-1``. ``positives`` is ``None`` for text-only data (``anchors`` are the
+    texts)."""
 
     anchors: list[str]
-    positives: list[str]
+    positives: list[str] | None
     negatives: list[list[str]]
     dataset: str
 
@@ -107,7 +113,8 @@ class Batch:
             raise ValueError(f"shard sizes {list(sizes)} do not add up to {len(self)}")
         start = sum(sizes[:rank])
         part = slice(start, start + sizes[rank])
-        return Batch(self.anchors[part], self.positives[part], self.negatives[part], self.dataset)
+        positives = None if self.positives is None else self.positives[part]
+        return Batch(self.anchors[part], positives, self.negatives[part], self.dataset)
 
 
 @dataclass
@@ -129,6 +136,7 @@ class Dataset:
     positive_keys: np.ndarray
     negatives: int
     counts: dict[str, Any] = field(default_factory=dict)
+    texts_only: bool = False
     _plans: dict[tuple[int, int, int, bool], EpochPlan] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -204,9 +212,8 @@ class TrainingData:
         examples = dataset.examples(indices)
         rng = np.random.default_rng([seed % 2**64, step, dataset.index])
         negatives = [_pick(e.negatives, dataset.negatives, rng) for e in examples]
-        return Batch(
-            [e.anchor for e in examples], [e.positive for e in examples], negatives, dataset.name
-        )
+        positives = None if dataset.texts_only else [e.positive for e in examples]
+        return Batch([e.anchor for e in examples], positives, negatives, dataset.name)
 
     def summary(self, batch_size: int | None = None, seed: int = 0) -> dict[str, Any]:
         """Counts for the log; with ``batch_size``, what dedupe does in each first epoch."""
@@ -230,14 +237,15 @@ class TrainingData:
         return summary
 
 
-def load_training_data(options: DataOptions) -> TrainingData:
-    """Index every dataset of ``options``; raises ``DataError`` on bad input."""
+def load_training_data(options: DataOptions, texts: bool = False) -> TrainingData:
+    """Index every dataset of ``options``; raises ``DataError`` on bad input. ``texts``
+    allows text-only data (one text column, no pairs)."""
     if not options.data:
         raise ValueError("give training data (--data FILE, repeatable)")
     mapping = parse_columns(options.columns)
     names = _unique_names(options.data)
     datasets = [
-        index_dataset(spec, name, i, mapping, options.limit, options.negatives_per_anchor)
+        index_dataset(spec, name, i, mapping, options.limit, options.negatives_per_anchor, texts)
         for i, (spec, name) in enumerate(zip(options.data, names, strict=True))
     ]
     data = TrainingData(datasets, options.mixing, options.dedupe)
@@ -252,12 +260,15 @@ def index_dataset(
     mapping: dict[str, str],
     limit: int | None = None,
     negatives_per_anchor: int | None = None,
+    texts: bool = False,
 ) -> Dataset:
-    """Scan ``spec`` once: validate every row, keep positions and dedupe keys."""
+    """Scan ``spec`` once: validate every row, keep positions and dedupe keys (``texts``:
+    text-only tables are allowed; see ``resolve_layout``)."""
     anchor_keys, positive_keys = array("I"), array("I")
     parts, blank, unused, fewest, most = [], 0, 0, None, 0
     for source in open_sources(spec):
-        layout = resolve_layout(source.columns, mapping, source.name, source.unit)
+        layout = resolve_layout(source.columns, mapping, source.name, source.unit, texts)
+        _check_same_kind(parts, layout, source.name)
         positions = array("q")
         for line, record, position in source.scan(layout.columns):
             if record is None:
@@ -280,7 +291,7 @@ def index_dataset(
             unused += example.unused_positives
             positions.append(position)
             anchor_keys.append(zlib.crc32(example.anchor.encode("utf-8")))
-            positive_keys.append(zlib.crc32(example.positive.encode("utf-8")))
+            positive_keys.append(zlib.crc32((example.positive or example.anchor).encode("utf-8")))
             if limit is not None and len(anchor_keys) >= limit:
                 break
         parts.append(_Part(source, layout, np.frombuffer(positions, dtype=np.int64)))
@@ -310,7 +321,18 @@ def index_dataset(
         np.frombuffer(positive_keys, dtype=np.uint32),
         k,
         counts,
+        texts_only=bool(parts) and parts[0].layout.positive is None,
     )
+
+
+def _check_same_kind(parts: list[_Part], layout: Layout, source: str) -> None:
+    """One dataset's files are all pairs or all text-only: a batch comes from one dataset."""
+    if parts and (parts[0].layout.positive is None) != (layout.positive is None):
+        raise DataError(
+            source,
+            f"{layout.describe()}, but {parts[0].source.name} is {parts[0].layout.describe()}",
+            hint="keep text-only files and pair files in separate --data items",
+        )
 
 
 def _log_dataset(name: str, n: int, blank: int, unused: int) -> None:

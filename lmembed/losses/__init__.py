@@ -1,20 +1,31 @@
-"""Contrastive losses, one per file; each is a function of embeddings."""
+"""Embedding losses, one per file; each is a function of embeddings (contrastive ones, and
+distillation from a teacher's embeddings)."""
 
 from collections.abc import Sequence
 
 import torch
 
+from lmembed.losses.distillation import (
+    DistillationLoss,
+    TeacherRows,
+    WithDistillation,
+    distillation_loss,
+)
 from lmembed.losses.infonce import InfoNCELoss, info_nce
 from lmembed.losses.matryoshka import MatryoshkaLoss, matryoshka_loss
 from lmembed.losses.symmetric_infonce import SymmetricInfoNCELoss, symmetric_info_nce
 from lmembed.losses.triplet import TripletLoss, triplet_margin
 
 __all__ = [
+    "DistillationLoss",
     "InfoNCELoss",
     "MatryoshkaLoss",
     "SymmetricInfoNCELoss",
+    "TeacherRows",
     "TripletLoss",
+    "WithDistillation",
     "build_loss",
+    "distillation_loss",
     "info_nce",
     "matryoshka_loss",
     "symmetric_info_nce",

@@ -49,6 +49,14 @@ RESUME_MUST_MATCH = (
     "lora_r",  # the adapter's shape and scale: a checkpoint of another one cannot continue
     "lora_alpha",
     "lora_targets",
+    # The teacher and its term: its vectors (and the fill groups they come from) and how
+    # much they pull.
+    "teacher",
+    "teacher_adapter",
+    "teacher_batch_size",
+    "distill_loss",
+    "distill_weight",
+    "teacher_temperature",
     # Which evaluations run, and which one the folder's adapter keeps.
     "eval_tasks",
     "eval_every",

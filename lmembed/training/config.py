@@ -24,6 +24,7 @@ from lmembed.model.resolve import resolve_spec
 from lmembed.model.spec import EmbeddingSpec
 from lmembed.options import build, check_choices, flat_dict, flat_fields, nested, option
 from lmembed.training.evaluator import EvalDuringTraining
+from lmembed.training.teacher import DistillOptions
 from lmembed.training.trackers import check_trackers
 
 
@@ -48,11 +49,11 @@ class TrainConfig:
     warmup: int = option(100, "linear warmup steps before cosine decay")
     weight_decay: float = option(1e-4, "AdamW weight decay")
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 disables)")
-    loss: Literal["infonce", "symmetric-infonce", "triplet"] = option(
+    loss: Literal["infonce", "symmetric-infonce", "triplet", "none"] = option(
         "infonce",
         "loss function: infonce (the paper's); symmetric-infonce (also each positive "
         "against all anchors, as CLIP; no extra forward pass); triplet (margin, no in-batch "
-        "negatives)",
+        "negatives); none (distillation alone, with --teacher; also trains on text-only data)",
     )
     temperature: float = option(0.05, "InfoNCE temperature (the start value with --temperature-lr)")
     temperature_lr: float | None = option(
@@ -72,6 +73,7 @@ class TrainConfig:
         "weights (window about 1/(1-decay) steps) and save it as the adapter; the last "
         "step's weights go to OUTPUT/last-step. Off when unset",
     )
+    distill: DistillOptions = nested(DistillOptions, prefix="", help="distillation from a teacher")
     lora: LoraOptions = nested(LoraOptions, prefix="lora", help="the LoRA adapter")
     compile: bool = option(
         False,
@@ -121,8 +123,10 @@ class TrainConfig:
         if self.temperature_lr is not None:
             if self.temperature_lr <= 0:
                 raise ValueError(f"temperature_lr must be positive, got {self.temperature_lr}")
-            if self.loss == "triplet":
-                raise ValueError("--temperature-lr needs an infonce loss, not triplet")
+            if self.loss in ("triplet", "none"):
+                raise ValueError(f"--temperature-lr needs an infonce loss, not {self.loss}")
+        if self.loss == "none":
+            self._check_distillation_alone()
         if self.embedding.matryoshka_dims:
             check_dims(self.embedding.matryoshka_dims, self.matryoshka_weights or None)
         elif self.matryoshka_weights:
@@ -130,6 +134,17 @@ class TrainConfig:
         check_trackers(self.report_to)
         if self.loss == "triplet" and not self.hard_negatives:
             raise ValueError("the triplet loss needs hard negatives (drop --no-hard-negatives)")
+
+    def _check_distillation_alone(self) -> None:
+        if not self.distill.enabled:
+            raise ValueError(
+                "--loss none trains by distillation alone: give a teacher (--teacher MODEL)"
+            )
+        if self.embedding.matryoshka_dims:
+            raise ValueError(
+                "--matryoshka-dims sums the contrastive loss over prefixes; --loss none has "
+                "none: pick a contrastive --loss, or drop --matryoshka-dims"
+            )
 
     @classmethod
     def from_flat(cls, **options: Any) -> TrainConfig:

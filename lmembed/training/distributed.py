@@ -4,7 +4,9 @@ Every rank holds the same LoRA weights and reads the same global batch from the
 sampler, embeds its contiguous shard, and all-gathers the positives and hard
 negatives *with gradient*, so each anchor is scored against the whole global
 batch. Anchors stay local, unless the loss is symmetric (positives also choose among
-the anchors): then they are gathered too.
+the anchors) or the data is text-only (each text is scored against the others): then
+they are gathered too. A teacher's rows (distillation) are gathered like the student's,
+without gradient, so every anchor sees the global candidates of both.
 
 Gradients. Let ``L`` be the full-batch loss (mean over all ``B`` anchors) and
 rank ``r`` hold ``n_r`` anchors with local mean loss ``L_r``. Each rank
@@ -35,6 +37,7 @@ import transformers
 
 from lmembed.data.sampler import shard_sizes, steps_per_epoch
 from lmembed.data.training import Batch
+from lmembed.losses.distillation import TeacherRows
 from lmembed.training.checkpoint import TrainingState, rng_states
 
 
@@ -164,32 +167,60 @@ def local_rows_first(rows: torch.Tensor, offset: int) -> torch.Tensor:
     return torch.roll(rows, -offset, dims=0) if offset else rows
 
 
-def global_batch_loss(
-    loss_fn: LossFn,
+def global_rows(
     anchors: torch.Tensor,
-    positives: torch.Tensor,
+    positives: torch.Tensor | None,
     negatives: torch.Tensor | None,
     job: Distributed,
     sizes: Sequence[int],
+    with_anchors: bool = False,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The global batch's positives, hard negatives and (``with_anchors``) anchors, each
+    with this rank's rows first; ``None`` stays ``None``."""
+    offset = sum(sizes[: job.rank])
+
+    def gather(rows: torch.Tensor, per_anchor: int = 1) -> torch.Tensor:
+        gathered = gather_rows(rows, [n * per_anchor for n in sizes])
+        return local_rows_first(gathered, offset * per_anchor)
+
+    candidates = None if positives is None else gather(positives)
+    hard = None if negatives is None else gather(negatives, negatives.shape[0] // anchors.shape[0])
+    return candidates, hard, gather(anchors) if with_anchors else None
+
+
+def global_batch_loss(
+    loss_fn: LossFn,
+    anchors: torch.Tensor,
+    positives: torch.Tensor | None,
+    negatives: torch.Tensor | None,
+    job: Distributed,
+    sizes: Sequence[int],
+    teacher: TeacherRows | None = None,
 ) -> torch.Tensor:
     """This rank's objective ``O_r``: its anchors scored against the global batch.
 
     ``negatives`` holds the same number of rows per anchor on every rank (one hard
     negative, or several). See the module docstring: averaging ``O_r`` over ranks gives
     the full-batch loss, and averaging the gradients gives the full-batch gradient.
+    ``positives`` is ``None`` for text-only data (distillation alone): the candidates are
+    then the global batch's texts, passed as ``anchor_candidates``. ``teacher`` holds the
+    teacher's rows for a distilling loss; they are gathered the same way.
     """
+    extra: dict[str, Any] = {}
     if job.world_size == 1:
-        return loss_fn(anchors, positives, negatives)
-    offset = sum(sizes[: job.rank])
-    candidates = local_rows_first(gather_rows(positives, sizes), offset)
-    hard = None
-    if negatives is not None:
-        per_anchor = negatives.shape[0] // anchors.shape[0]
-        gathered = gather_rows(negatives, [n * per_anchor for n in sizes])
-        hard = local_rows_first(gathered, offset * per_anchor)
-    extra = {}
-    if getattr(loss_fn, "symmetric", False):  # positives also choose among all anchors
-        extra["anchor_candidates"] = local_rows_first(gather_rows(anchors, sizes), offset)
+        if teacher is not None:
+            extra["teacher"] = teacher
+        return loss_fn(anchors, positives, negatives, **extra)
+    # Symmetric losses: positives also choose among all anchors; text-only: texts do.
+    with_anchors = positives is None or getattr(loss_fn, "symmetric", False)
+    candidates, hard, everyone = global_rows(
+        anchors, positives, negatives, job, sizes, with_anchors
+    )
+    if everyone is not None:
+        extra["anchor_candidates"] = everyone
+    if teacher is not None:
+        rows = global_rows(*teacher[:3], job, sizes, with_anchors)
+        extra["teacher"] = TeacherRows(teacher.anchors, *rows)
     local = loss_fn(anchors, candidates, hard, **extra)
     return local * (job.world_size * sizes[job.rank] / sum(sizes))
 

@@ -6,7 +6,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +20,13 @@ from transformers import get_cosine_schedule_with_warmup
 from lmembed.data.training import Batch, TrainingData, load_training_data
 from lmembed.faults import fault_point
 from lmembed.io import atomic_write_json
-from lmembed.losses import InfoNCELoss, build_loss
+from lmembed.losses import (
+    DistillationLoss,
+    InfoNCELoss,
+    TeacherRows,
+    WithDistillation,
+    build_loss,
+)
 from lmembed.model.embedder import Embedder
 from lmembed.model.loading import load_backbone
 from lmembed.model.lora import attach_lora, load_adapter
@@ -44,6 +50,7 @@ from lmembed.training.gradcache import grad_cache_backward
 from lmembed.training.monitor import RunMonitor
 from lmembed.training.report import write_run_report
 from lmembed.training.run_dir import RunDir
+from lmembed.training.teacher import BatchTexts, Teacher, batch_roles, prepare_teacher
 
 logger = logging.getLogger("lmembed")
 
@@ -54,7 +61,9 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class TrainResult:
-    """``seconds`` is training time; time spent evaluating is ``eval_seconds``, apart."""
+    """``seconds`` is training time, the teacher's vectors included (``teacher_seconds`` of
+    it: resolving, walking the data, embedding what the cache lacked); time spent
+    evaluating is ``eval_seconds``, apart."""
 
     output: Path
     steps: int
@@ -64,6 +73,7 @@ class TrainResult:
     best: dict[str, Any] | None = None
     last_scores: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
+    teacher_seconds: float = 0.0
 
 
 def seed_everything(seed: int) -> None:
@@ -142,11 +152,36 @@ def total_steps(config: TrainConfig, data: TrainingData) -> int:
     return int(config.steps)
 
 
-def batch_texts(
-    batch: Batch, hard_negatives: bool
-) -> tuple[list[str], list[str], list[str] | None]:
+def build_training_loss(config: TrainConfig) -> torch.nn.Module:
+    """The contrastive loss the config names, plus the distillation term with a teacher
+    (``--loss none``: that term alone)."""
+    contrastive = None
+    if config.loss != "none":
+        contrastive = build_loss(
+            config.loss,
+            config.temperature,
+            config.margin,
+            config.embedding.matryoshka_dims,
+            config.matryoshka_weights,
+            learn_temperature=config.temperature_lr is not None,
+        )
+    if not config.distill.enabled:
+        return contrastive
+    options = config.distill
+    term = DistillationLoss(options.distill_loss, config.temperature, options.teacher_temperature)
+    return WithDistillation(contrastive, term, options.distill_weight)
+
+
+def training_batches(config: TrainConfig, data: TrainingData, n_steps: int) -> Iterator[BatchTexts]:
+    """The texts of every global batch the run trains on, step by step."""
+    for step in range(n_steps):
+        yield batch_texts(data.batch(step, config.batch_size, config.seed), config.hard_negatives)
+
+
+def batch_texts(batch: Batch, hard_negatives: bool) -> BatchTexts:
     """(anchors, positives, negatives flattened per anchor); the one place where
-    ``hard_negatives`` drops the negatives (pairs have none)."""
+    ``hard_negatives`` drops the negatives (pairs and text-only data have none;
+    text-only data has no positives either)."""
     use = hard_negatives and batch.negatives_per_anchor > 0
     return batch.anchors, batch.positives, batch.flat_negatives() if use else None
 
@@ -154,28 +189,34 @@ def batch_texts(
 def forward_backward(
     embedder: Embedder,
     loss_fn: Callable[..., torch.Tensor],
-    batch: tuple[list[str], list[str], list[str] | None],
+    batch: BatchTexts,
     job: Distributed,
     sizes: list[int],
     mini_batch_size: int | None = None,
+    teacher: TeacherRows | None = None,
 ) -> torch.Tensor:
     """Embed this rank's examples, score them against the global batch, backpropagate.
 
-    Anchors get the query prompt, positives and negatives the document prompt; all
-    texts then go through one length-sorted pass and are split back into roles.
-    ``negatives`` holds the same number per anchor, anchor ``i``'s in a row.
-    With ``mini_batch_size`` the pass runs as GradCache. Returns this rank's
-    (detached) objective; see ``distributed.global_batch_loss``.
+    Anchors get the query prompt, positives and negatives the document prompt (text-only
+    data: the plain prompt; ``teacher.batch_roles``); all texts then go through one
+    length-sorted pass and are split back into roles. ``negatives`` holds the same number
+    per anchor, anchor ``i``'s in a row. With ``mini_batch_size`` the pass runs as
+    GradCache. ``teacher`` holds the teacher's rows of the same texts, for a distilling
+    ``loss_fn``. Returns this rank's (detached) objective; see
+    ``distributed.global_batch_loss``.
     """
     anchors, positives, negatives = batch
-    ids = embedder.tokenize(anchors, role="query") + embedder.tokenize(
-        positives + (negatives or []), role="document"
-    )
+    ids: list[list[int]] = []
+    for part, role in zip(batch, batch_roles(batch), strict=True):
+        ids += embedder.tokenize(part, role) if part else []
     n = len(anchors)
 
     def objective(vectors: torch.Tensor) -> torch.Tensor:
+        if positives is None:  # text-only: each text against the others
+            return global_batch_loss(loss_fn, vectors, None, None, job, sizes, teacher)
         hard = vectors[2 * n :] if negatives else None
-        return global_batch_loss(loss_fn, vectors[:n], vectors[n : 2 * n], hard, job, sizes)
+        student = (vectors[:n], vectors[n : 2 * n], hard)
+        return global_batch_loss(loss_fn, *student, job, sizes, teacher)
 
     fault_point("forward")
     if mini_batch_size:
@@ -212,21 +253,17 @@ def _train(
         )
     run.path.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
-    data = data if data is not None else load_training_data(config.dataset)
+    if data is None:  # text-only data trains by distillation alone
+        data = load_training_data(config.dataset, texts=config.loss == "none")
     if job.is_main:
         atomic_write_json(run.data_summary, data.log_summary(config.batch_size, config.seed))
     n_steps = total_steps(config, data)
     check_sharding(config.batch_size, [len(d) for d in data.datasets], n_steps, job.world_size)
+    teacher = start_teacher(config, data, n_steps, run, job)
     embedder = build_embedder(config).to(job.device)
     seed_dropout(config.seed, job)
-    loss_fn = build_loss(
-        config.loss,
-        config.temperature,
-        config.margin,
-        config.embedding.matryoshka_dims,
-        config.matryoshka_weights,
-        learn_temperature=config.temperature_lr is not None,
-    ).to(job.device)  # a learned temperature lives beside the LoRA weights
+    # A learned temperature lives beside the LoRA weights.
+    loss_fn = build_training_loss(config).to(job.device)
     trainable = [p for p in embedder.parameters() if p.requires_grad]
     learned = list(loss_fn.parameters())  # the temperature with --temperature-lr
     infonce = next((m for m in loss_fn.modules() if isinstance(m, InfoNCELoss)), None)
@@ -266,7 +303,10 @@ def _train(
         batch = data.batch(step, config.batch_size, config.seed)
         local, sizes = job.shard(batch)
         texts = batch_texts(local, config.hard_negatives)
-        loss = forward_backward(embedder, loss_fn, texts, job, sizes, config.mini_batch_size)
+        rows = teacher.rows(texts, job.device) if teacher is not None else None
+        loss = forward_backward(
+            embedder, loss_fn, texts, job, sizes, config.mini_batch_size, teacher=rows
+        )
         loss_value = mean_across(loss, job)
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(
@@ -304,9 +344,24 @@ def _train(
         write_run_report(run)
     save_checkpoint_on_main(state, run.checkpoint, done, job)
     monitor.finish()
-    seconds = time.perf_counter() - began - monitor.eval_seconds
+    teacher_seconds = teacher.seconds if teacher is not None else 0.0
+    seconds = time.perf_counter() - began - monitor.eval_seconds + teacher_seconds
     return TrainResult(run.path, done, loss_value, seconds, monitor.eval_seconds,
-                       monitor.best.summary(), monitor.last_scores, monitor.stopped)  # fmt: skip
+                       monitor.best.summary(), monitor.last_scores, monitor.stopped,
+                       teacher_seconds)  # fmt: skip
+
+
+def start_teacher(
+    config: TrainConfig, data: TrainingData, n_steps: int, run: RunDir, job: Distributed
+) -> Teacher | None:
+    """With ``--teacher``: its vectors for every text the run trains on, cached on disk
+    before step 1 (``training.teacher``), and what that cost in ``OUTPUT/teacher.json``."""
+    if not config.distill.enabled:
+        return None
+    teacher = prepare_teacher(config.distill, training_batches(config, data, n_steps), job)
+    if job.is_main:
+        atomic_write_json(run.path / "teacher.json", teacher.summary())
+    return teacher
 
 
 def gradient_norm(parameters: list[torch.nn.Parameter], max_norm: float) -> float:

@@ -1,12 +1,18 @@
-"""OpenAI-compatible embeddings server: ``POST /v1/embeddings``, ``GET /v1/models``, ``/health``.
+"""OpenAI-compatible embeddings server: ``POST /v1/embeddings``, ``GET /v1/models``,
+``/health`` and Prometheus ``/metrics``.
 
 Requests are authenticated (``auth.py``), parsed and checked (``protocol.py``), then
-queued on a ``MicroBatcher`` whose one worker thread runs the model. Statuses:
+queued on a ``MicroBatcher`` whose one worker thread runs the model; ``middleware.py``
+wraps every request (request id, metrics, access log, drain, faults). Statuses:
 
-* 401: API keys are configured and the request lacks one of them (``/health`` is open);
+* 401: API keys are configured and the request lacks one of them (``/health`` is open,
+  ``/metrics`` too unless ``--metrics key``);
 * 413: body over ``max_request_bytes``; 400: any other invalid request, and a text the
   model cannot encode (only its own request fails; the error names its index);
-* 503 with ``Retry-After``: more than ``max_queue`` texts waiting;
+* 429 with ``Retry-After``: more than ``max_queue`` texts waiting (overload);
+* 503 with ``Retry-After``: shutting down (after SIGTERM) or not started;
+* 504: the request's texts were not encoded within ``request_timeout_s`` (queued ones
+  leave the queue unencoded);
 * 500: a server fault (the model fails on every text, the worker crashed), logged;
   never a request left hanging.
 
@@ -23,7 +29,9 @@ import asyncio
 import importlib.util
 import json
 import logging
+import sys
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -32,34 +40,34 @@ import numpy as np
 
 from lmembed.model.embedder import Embedder
 from lmembed.model.spec import Role
-from lmembed.quantization import truncate, unit_rows
+from lmembed.quantization import truncate
 from lmembed.serving.auth import allowed_keys, check_bearer
-from lmembed.serving.batcher import EncodeFn, InputError, MicroBatcher, QueueFullError
+from lmembed.serving.batcher import InputError, MicroBatcher, QueueFullError, UnavailableError
 from lmembed.serving.config import ServerConfig
+from lmembed.serving.metrics import ServerMetrics
+from lmembed.serving.middleware import (
+    Drain,
+    RequestObserver,
+    access_logger,
+    error_headers,
+    fault,
+)
+from lmembed.serving.passes import embedder_encode_fn
 from lmembed.serving.protocol import ApiError, embedding_response, parse_request
 
 logger = logging.getLogger("lmembed")
 
-
-def embedder_encode_fn(embedder: Embedder, config: ServerConfig) -> EncodeFn:
-    """``(texts, role) -> (vectors, token counts)``; counts are the tokens the model sees
-    (prompt, truncation and EOS included); vectors unit length if ``config.normalize``."""
-
-    def encode(texts: list[str], role: Role | None) -> tuple[np.ndarray, list[int]]:
-        ids = embedder.tokenize(texts, role)  # once: the counts and the vectors
-        vectors = embedder.encode_ids(ids, config.encode_batch_size, show_progress=False)
-        counts = [len(row) for row in ids]
-        return (unit_rows(vectors) if config.normalize else vectors), counts
-
-    return encode
+SERVE_EXTRA = {"fastapi": "fastapi", "uvicorn": "uvicorn", "prometheus_client": "prometheus-client"}
 
 
 def require_serve_extra() -> None:
     """Fail with the install command when the optional ``serve`` extra is missing."""
-    missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
+    missing = [
+        pip for module, pip in SERVE_EXTRA.items() if importlib.util.find_spec(module) is None
+    ]
     if missing:
         raise ImportError(
-            f"the embeddings server needs {' and '.join(missing)}: pip install 'lmembed[serve]'"
+            f"the embeddings server needs {', '.join(missing)}: pip install 'lmembed[serve]'"
         )
 
 
@@ -69,14 +77,28 @@ def served_name(config: ServerConfig, embedder: Embedder) -> str:
     return config.name or (Path(spec.adapter).name if spec.adapter else spec.model)
 
 
-def create_app(embedder: Embedder, config: ServerConfig, batcher: MicroBatcher | None = None):
-    """The FastAPI app; the batcher's worker thread lives as long as the app runs."""
+def create_app(
+    embedder: Embedder,
+    config: ServerConfig,
+    batcher: MicroBatcher | None = None,
+    load_seconds: float | None = None,
+):
+    """The FastAPI app; the batcher's worker thread lives as long as the app runs.
+
+    ``app.state`` holds the ``batcher``, the ``metrics`` and the ``drain`` (graceful
+    shutdown, started by ``serve`` on SIGTERM). ``load_seconds``: how long the model took
+    to load, for the metrics.
+    """
     require_serve_extra()
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException
 
-    batcher = batcher or MicroBatcher(embedder_encode_fn(embedder, config), config)
+    metrics = ServerMetrics(load_seconds)
+    batcher = batcher or MicroBatcher(
+        embedder_encode_fn(embedder, config, metrics.observe_pass), config
+    )
+    metrics.track_queue(lambda: batcher.pending_inputs)
     keys = allowed_keys(config)
     name = served_name(config, embedder)
     created = int(time.time())
@@ -85,28 +107,22 @@ def create_app(embedder: Embedder, config: ServerConfig, batcher: MicroBatcher |
     async def lifespan(app: FastAPI):
         batcher.start()
         yield
-        batcher.stop()
+        batcher.stop()  # encodes what is still queued (nothing, after a drain) first
 
     app = FastAPI(title="lmembed embeddings", lifespan=lifespan)
-    app.state.batcher = batcher
+    app.state.batcher, app.state.metrics = batcher, metrics
+    app.state.drain = Drain(config.shutdown_delay_s)
+    app.add_middleware(RequestObserver, metrics=metrics, drain=app.state.drain,
+                       access_log=config.access_log)  # fmt: skip
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if error.status == 503 else None
-        if error.status == 401:
-            headers = {"WWW-Authenticate": "Bearer"}
-        return JSONResponse(error.body(), status_code=error.status, headers=headers)
+        return JSONResponse(error.body(), status_code=error.status, headers=error_headers(error))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         body = ApiError(error.status_code, str(error.detail)).body()
         return JSONResponse(body, status_code=error.status_code, headers=error.headers)
-
-    @app.exception_handler(Exception)
-    async def server_fault(request: Request, error: Exception) -> JSONResponse:
-        logger.error("internal error answering %s %s", request.method, request.url.path,
-                     exc_info=error)  # fmt: skip
-        return JSONResponse(_fault(error).body(), status_code=500)
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Response:
@@ -114,17 +130,10 @@ def create_app(embedder: Embedder, config: ServerConfig, batcher: MicroBatcher |
         body = await _read_body(request, config.max_request_bytes)
         trained = getattr(embedder.spec, "matryoshka_dims", ())
         parsed = parse_request(body, config, embedder.dimension, trained)
-        try:
-            future = batcher.submit(parsed.texts, parsed.role)
-        except QueueFullError as error:
-            raise ApiError(503, f"server busy: {error}; retry shortly") from None
-        try:
-            vectors, counts = await asyncio.wrap_future(future)
-        except InputError as error:
-            raise ApiError(400, str(error), "input") from None
-        except Exception as error:  # the model failed on every text, or the worker died
-            logger.error("embeddings request failed: server fault", exc_info=error)
-            raise _fault(error) from None
+        request.state.inputs = len(parsed.texts)
+        vectors, counts = await _encode(batcher, parsed.texts, parsed.role, config)
+        request.state.tokens = tokens = int(sum(counts))
+        metrics.observe_embedded(len(parsed.texts), tokens)
         if parsed.dimensions is not None:
             vectors = truncate(vectors, parsed.dimensions, normalize=True)
         payload = embedding_response(vectors, counts, parsed.encoding_format, name)
@@ -153,14 +162,43 @@ def create_app(embedder: Embedder, config: ServerConfig, batcher: MicroBatcher |
         }
         return JSONResponse(body, status_code=200 if batcher.alive else 503)
 
+    if config.metrics != "off":
+
+        @app.get("/metrics")
+        async def prometheus(request: Request) -> Response:
+            if config.metrics == "key":
+                check_bearer(request.headers.get("authorization"), keys)
+            content, content_type = metrics.render(request.headers.get("accept"))
+            return Response(content, headers={"content-type": content_type})
+
     return app
 
 
-def _fault(error: Exception) -> ApiError:
-    """The 500 a client sees: the kind of fault, not its internals (those are logged)."""
-    return ApiError(
-        500, f"internal server error ({type(error).__name__}); the server log has the details"
-    )
+async def _encode(
+    batcher: MicroBatcher, texts: list[str], role: Role | None, config: ServerConfig
+) -> tuple[np.ndarray, list[int]]:
+    """``(vectors, token counts)`` of ``texts`` from the batcher, or the ``ApiError`` that
+    says why not: 429 (queue full), 503 (not running), 504 (timed out), 400 (a text the
+    model rejects), 500 (a server fault, logged)."""
+    try:
+        future = batcher.submit(texts, role)
+    except QueueFullError as error:
+        raise ApiError(429, f"server busy: {error}; retry shortly", code="overloaded") from None
+    except UnavailableError as error:
+        raise ApiError(503, f"server unavailable: {error}", code="unavailable") from None
+    try:
+        # On timeout wait_for cancels the wrapper, which cancels the queued job.
+        return await asyncio.wait_for(asyncio.wrap_future(future), config.request_timeout_s)
+    except TimeoutError:
+        message = f"not encoded within {config.request_timeout_s:g} s (--request-timeout-s)"
+        raise ApiError(504, f"{message}: the server is overloaded", code="timeout") from None
+    except InputError as error:
+        raise ApiError(400, str(error), "input") from None
+    except UnavailableError as error:
+        raise ApiError(503, f"server unavailable: {error}", code="unavailable") from None
+    except Exception as error:  # the model failed on every text, or the worker died
+        logger.error("embeddings request failed: server fault", exc_info=error)
+        raise fault(error) from None
 
 
 async def _read_body(request, limit: int) -> bytes:
@@ -177,9 +215,29 @@ async def _read_body(request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def serve(embedder: Embedder, config: ServerConfig) -> None:
-    """Run the server on ``config.host:config.port`` until interrupted (one model copy)."""
+def serve(load: Callable[[], Embedder], config: ServerConfig) -> None:
+    """Load the model (timed, for the metrics), then serve on ``config.host:config.port``
+    until SIGTERM or Ctrl-C, which drain gracefully (see ``shutdown.DrainingServer``)."""
     require_serve_extra()
     import uvicorn
 
-    uvicorn.run(create_app(embedder, config), host=config.host, port=config.port, log_level="info")
+    from lmembed.serving.shutdown import DrainingServer
+
+    started = time.perf_counter()
+    embedder = load()
+    app = create_app(embedder, config, load_seconds=time.perf_counter() - started)
+    if config.access_log:
+        _access_log_to_stderr()
+    uvicorn_config = uvicorn.Config(app, host=config.host, port=config.port, log_level="info",
+                                    access_log=False)  # fmt: skip
+    DrainingServer(uvicorn_config, app.state.drain).run()
+
+
+def _access_log_to_stderr() -> None:
+    """Access lines as bare JSON on stderr, one a line (not through the root logger's
+    ``LEVEL name:`` format), so log shippers parse them as they are."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access_logger.handlers[:] = [handler]
+    access_logger.setLevel(logging.INFO)
+    access_logger.propagate = False

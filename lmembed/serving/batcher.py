@@ -15,6 +15,11 @@ then bisects that request's texts down to the first text that fails alone: that
 request gets an ``InputError`` naming the text's index (a client fault). A crash of
 the worker thread itself fails every waiting request with ``WorkerError``, as does
 every later ``submit``: no request is ever left waiting on a dead thread.
+
+The queue is bounded: ``submit`` refuses texts beyond ``max_queue`` (``QueueFullError``).
+A text counts until its request is answered, failed or cancelled; a cancelled request
+(its client timed out) frees its room at once and is never encoded. ``stop`` encodes
+what was queued before it, then refuses with ``UnavailableError``.
 """
 
 from __future__ import annotations
@@ -57,6 +62,10 @@ class WorkerError(RuntimeError):
     """The encode worker is not running (crashed or stopped); nothing can be encoded."""
 
 
+class UnavailableError(WorkerError):
+    """The worker has not started yet or was stopped (startup, shutdown): not a fault."""
+
+
 @dataclass
 class Job:
     texts: list[str]
@@ -94,10 +103,11 @@ class MicroBatcher:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._current: list[Job] = []
-        self._failure: WorkerError | None = WorkerError("the encode worker has not started")
+        self._failure: WorkerError | None = UnavailableError("the encode worker has not started")
 
     @property
     def pending_inputs(self) -> int:
+        """Texts of the requests queued or being encoded."""
         return self._pending
 
     @property
@@ -120,12 +130,12 @@ class MicroBatcher:
             self._queue.put(None)
             thread.join()
             self._thread = None
-        self._shut(WorkerError("server shutting down"))
+        self._shut(UnavailableError("server shutting down"))
 
     def submit(self, texts: list[str], role: Role | None = None) -> Future:
         """Queue ``texts``; the future gets ``(vectors, token_counts)`` for them, or
         ``InputError`` (a text of theirs cannot be encoded), ``WorkerError``, or the
-        model's own exception (a server fault)."""
+        model's own exception (a server fault). Cancel it to withdraw the request."""
         job = Job(list(texts), role)
         with self._lock:  # the check and the put together: a crash drains after either
             if self._failure is not None:
@@ -136,7 +146,13 @@ class MicroBatcher:
                 )
             self._pending += len(texts)
             self._queue.put(job)
+        # Any outcome (answered, failed, cancelled while queued) frees the job's room.
+        job.future.add_done_callback(lambda _: self._release(len(job.texts)))
         return job.future
+
+    def _release(self, count: int) -> None:
+        with self._lock:
+            self._pending -= count
 
     def _run(self) -> None:
         try:
@@ -164,7 +180,6 @@ class MicroBatcher:
                 job = self._queue.get_nowait()
                 if job is not None:
                     jobs.append(job)
-                    self._pending -= len(job.texts)
         for job in jobs:
             _settle(job.future, failure)
 
@@ -184,14 +199,10 @@ class MicroBatcher:
         return jobs, False
 
     def _process(self, jobs: list[Job]) -> None:
-        # A request whose client went away was cancelled: don't spend compute on it.
+        # A request whose client timed out was cancelled: don't spend compute on it.
         live = [job for job in jobs if job.future.set_running_or_notify_cancel()]
-        try:
-            for role in dict.fromkeys(job.role for job in live):
-                self._answer([job for job in live if job.role == role], role)
-        finally:
-            with self._lock:
-                self._pending -= sum(len(job.texts) for job in jobs)
+        for role in dict.fromkeys(job.role for job in live):
+            self._answer([job for job in live if job.role == role], role)
 
     def _answer(self, jobs: list[Job], role: Role | None, probed: bool = False) -> None:
         """Encode ``jobs`` together; on failure, find who is at fault (see the module doc)."""

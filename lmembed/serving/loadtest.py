@@ -7,11 +7,25 @@ empty list, oversize texts, wrong types, an unknown ``input_type``) plus empty s
 ``check_load`` lists every answer that differs from what was expected: any 5xx, a
 wrong status, or a vector that differs from ``Embedder.encode`` (normalised). Used by
 ``python -m bench.bench_server --mode load`` and the serving tests.
+
+Two more phases:
+
+* **overload**: more clients than ``max_queue`` holds. ``check_load(...,
+  overloaded=True)`` then also accepts a 429 with ``Retry-After`` for a request that
+  expected vectors, and nothing else; ``accepted_latency_bound_s`` is how long an
+  accepted request can take at most, from the queue bounds and the time of one encode
+  call (``summarize``'s ``accepted_p99_ms`` must stay under it);
+* **shutdown**: ``run_through_shutdown`` keeps clients sending until the server
+  refuses them, stopping it (SIGTERM) midway; ``check_shutdown`` wants every answer a
+  200 (right vectors) or a 503, no connection lost but a refused one, and requests in
+  flight at the signal answered 200.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import queue
 import random
 import statistics
 import threading
@@ -25,7 +39,9 @@ from typing import Any
 import numpy as np
 
 from lmembed.model.spec import Role
+from lmembed.serving.config import ServerConfig
 
+ROLES: tuple[Role | None, ...] = (None, "query", "document")
 Reference = Callable[[list[str], Role | None], np.ndarray]
 
 
@@ -49,10 +65,15 @@ class LoadRequest:
 
 @dataclass(frozen=True)
 class Outcome:
+    """One answer; ``status`` 0 and ``error`` (the exception's name) when none came."""
+
     request: LoadRequest
     status: int
     seconds: float
     payload: dict[str, Any]
+    retry_after: str | None = None
+    sent_at: float = 0.0  # time.perf_counter() when the request was sent
+    error: str | None = None
 
 
 def make_requests(
@@ -70,7 +91,7 @@ def make_requests(
 
 def _good(rng: random.Random, pool: list[str]) -> LoadRequest:
     body = {"model": "load", "input": rng.sample(pool, rng.randint(1, 3))}
-    role = rng.choice([None, "query", "document"])
+    role = rng.choice(ROLES)
     return LoadRequest("good", body if role is None else {**body, "input_type": role}, 200)
 
 
@@ -89,38 +110,84 @@ def _bad_kinds(max_chars: int) -> list[Callable[[random.Random, list[str]], Load
 
 
 def run_load(
-    url: str, requests: list[LoadRequest], concurrency: int, api_key: str | None = None
+    url: str,
+    requests: list[LoadRequest],
+    concurrency: int,
+    api_key: str | None = None,
+    back_off: bool = False,
 ) -> tuple[list[Outcome], float]:
-    """Send every request from ``concurrency`` threads; the outcomes and the wall time."""
+    """Send every request from ``concurrency`` threads; the outcomes and the wall time.
+
+    ``back_off``: after a 429 a client waits ``Retry-After`` seconds before its next
+    request, as the OpenAI SDK does (without it, an overload test measures mostly how
+    fast the server answers 429s).
+    """
     import httpx
 
-    local = threading.local()
-    headers = {"content-type": "application/json"}
-    if api_key:
-        headers["authorization"] = f"Bearer {api_key}"
+    # Built before the clock starts: making a client (its TLS context) costs more than a
+    # request, and 48 threads making theirs at once would show up as server latency.
+    clients: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(concurrency):
+        clients.put(httpx.Client(base_url=url, timeout=120))
 
     def send(request: LoadRequest) -> Outcome:
-        if not hasattr(local, "client"):
-            local.client = httpx.Client(base_url=url, timeout=120)
-        content = json.dumps(request.body).encode()  # ASCII escapes: lone surrogates survive
-        started = time.perf_counter()
-        response = local.client.post("/v1/embeddings", content=content, headers=headers)
-        seconds = time.perf_counter() - started
-        return Outcome(request, response.status_code, seconds, response.json())
+        client = clients.get()  # never waits: one client per thread
+        try:
+            outcome = _send(client, request, api_key)
+        finally:
+            clients.put(client)
+        if back_off and outcome.status == 429 and outcome.retry_after is not None:
+            time.sleep(float(outcome.retry_after))
+        return outcome
 
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as workers:
         outcomes = list(workers.map(send, requests))
-    return outcomes, time.perf_counter() - started
+    wall_s = time.perf_counter() - started
+    while not clients.empty():
+        clients.get().close()
+    return outcomes, wall_s
 
 
-def check_load(outcomes: list[Outcome], reference: Reference, tolerance: float = 1e-5) -> list[str]:
-    """Every way an answer differs from what was expected (empty: all correct)."""
+def _send(client, request: LoadRequest, api_key: str | None) -> Outcome:
+    """POST one request; a connection that fails is an outcome too (status 0)."""
+    import httpx
+
+    headers = {"content-type": "application/json"}
+    if api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    content = json.dumps(request.body).encode()  # ASCII escapes: lone surrogates survive
+    sent_at = time.perf_counter()
+    try:
+        response = client.post("/v1/embeddings", content=content, headers=headers)
+    except httpx.TransportError as error:
+        seconds = time.perf_counter() - sent_at
+        return Outcome(request, 0, seconds, {}, sent_at=sent_at, error=type(error).__name__)
+    seconds = time.perf_counter() - sent_at
+    retry_after = response.headers.get("retry-after")
+    return Outcome(request, response.status_code, seconds, response.json(), retry_after, sent_at)
+
+
+def check_load(
+    outcomes: list[Outcome],
+    reference: Reference,
+    tolerance: float = 1e-5,
+    overloaded: bool = False,
+) -> list[str]:
+    """Every way an answer differs from what was expected (empty: all correct).
+
+    ``overloaded``: a 429 with ``Retry-After`` may stand in for a 200 (the queue was full).
+    """
     problems = []
     for number, outcome in enumerate(outcomes):
         request = outcome.request
         where = f"request {number} ({request.kind})"
-        if outcome.status != request.status:
+        busy = overloaded and request.status == 200 and outcome.status == 429
+        if busy and outcome.retry_after is None:
+            problems.append(f"{where}: 429 without Retry-After")
+        elif outcome.error is not None:
+            problems.append(f"{where}: no answer ({outcome.error})")
+        elif outcome.status != request.status and not busy:
             problems.append(f"{where}: status {outcome.status}, expected {request.status}: "
                             f"{json.dumps(outcome.payload)[:200]}")  # fmt: skip
         elif outcome.status == 200:
@@ -137,8 +204,11 @@ def check_load(outcomes: list[Outcome], reference: Reference, tolerance: float =
 
 
 def summarize(outcomes: list[Outcome], wall_s: float) -> dict[str, Any]:
-    """Requests/s, latency percentiles and status counts (overall and per request kind)."""
+    """Requests/s, latency percentiles (all answers, and the 200s alone: under overload
+    the fast 429s would hide how long accepted requests take) and status counts
+    (overall and per request kind)."""
     latencies = sorted(outcome.seconds for outcome in outcomes)
+    accepted = sorted(outcome.seconds for outcome in outcomes if outcome.status == 200)
     by_kind: dict[str, Counter] = {}
     for outcome in outcomes:
         by_kind.setdefault(outcome.request.kind, Counter())[outcome.status] += 1
@@ -146,11 +216,103 @@ def summarize(outcomes: list[Outcome], wall_s: float) -> dict[str, Any]:
         "requests": len(outcomes),
         "requests_per_s": len(outcomes) / wall_s,
         "p50_ms": 1000 * statistics.median(latencies),
-        "p99_ms": 1000 * latencies[min(len(latencies) - 1, round(0.99 * len(latencies)))],
+        "p99_ms": 1000 * _p99(latencies),
+        "accepted_p99_ms": 1000 * _p99(accepted) if accepted else None,
         "statuses": dict(sorted(Counter(outcome.status for outcome in outcomes).items())),
         "by_kind": {kind: dict(sorted(c.items())) for kind, c in sorted(by_kind.items())},
         "server_errors": sum(outcome.status >= 500 for outcome in outcomes),
     }
+
+
+def _p99(sorted_values: list[float]) -> float:
+    return sorted_values[min(len(sorted_values) - 1, round(0.99 * len(sorted_values)))]
+
+
+def accepted_latency_bound_s(
+    config: ServerConfig, call_s: float, http_s: float, clients: int
+) -> float:
+    """The longest a request the queue accepted can take, from the server's bounds.
+
+    At admission at most ``max_queue`` texts are unanswered, its own and those of the
+    micro-batch being encoded included. The worker takes queued texts in order, at most
+    ``max_batch_inputs`` a micro-batch, so the request is answered by the end of the
+    micro-batch in progress plus ``ceil(max_queue / max_batch_inputs)`` more; each is one
+    encode call per role (at most three) after at most one batch window. Its answer
+    also waits for the event loop to handle the other clients' requests, each client
+    having one in flight. ``call_s``: one encode call of a full micro-batch through HTTP;
+    ``http_s``: one request answered without the model (both measured on the idle
+    server, so they include the HTTP stack and the client).
+    """
+    batches = 1 + math.ceil(config.max_queue / config.max_batch_inputs)
+    queue_s = batches * (len(ROLES) * call_s + config.batch_window_ms / 1000)
+    return queue_s + clients * http_s
+
+
+def run_through_shutdown(
+    url: str,
+    pool: list[str],
+    concurrency: int,
+    stop_server: Callable[[], None],
+    after: int,
+    api_key: str | None = None,
+    seconds: float = 120.0,
+) -> tuple[list[Outcome], float]:
+    """Good requests from ``concurrency`` clients, each sending until the server refuses
+    it (a 503, or a refused connection once the port is closed); ``stop_server`` (send
+    SIGTERM) runs once ``after`` answers came back. The outcomes in the order they
+    finished, and when ``stop_server`` ran (``time.perf_counter``). ``seconds`` bounds
+    the whole run: a server that never refuses does not hang the caller."""
+    import httpx
+
+    outcomes: list[Outcome] = []
+    answered = threading.Condition()
+    deadline = time.perf_counter() + seconds
+
+    def client(number: int) -> None:
+        rng = random.Random(number)
+        with httpx.Client(base_url=url, timeout=seconds) as http:
+            while time.perf_counter() < deadline:
+                outcome = _send(http, _good(rng, pool), api_key)
+                with answered:
+                    outcomes.append(outcome)
+                    answered.notify_all()
+                if outcome.status == 503 or outcome.error == "ConnectError":
+                    return
+
+    with ThreadPoolExecutor(concurrency) as workers:
+        running = [workers.submit(client, number) for number in range(concurrency)]
+        with answered:
+            answered.wait_for(
+                lambda: len(outcomes) >= after, max(deadline - time.perf_counter(), 0)
+            )
+        signalled_at = time.perf_counter()
+        stop_server()
+        for future in running:
+            future.result()
+    return outcomes, signalled_at
+
+
+def check_shutdown(
+    outcomes: list[Outcome], signalled_at: float, clients: int, reference: Reference
+) -> list[str]:
+    """What went wrong across a graceful shutdown (empty: nothing): an answer other than
+    a 200 with the right vectors or a 503 with ``Retry-After``, a connection lost other
+    than refused, no request in flight at the signal (then the run proved nothing), a
+    client the server never refused."""
+    refused = [o.status == 503 or o.error == "ConnectError" for o in outcomes]
+    answered = [o for o, no in zip(outcomes, refused, strict=True) if not no]
+    problems = check_load(answered, reference)
+    problems += [
+        f"a 503 without Retry-After: {o.payload}"
+        for o in outcomes
+        if o.status == 503 and o.retry_after is None
+    ]
+    if not any(o.status == 200 and o.sent_at < signalled_at < o.sent_at + o.seconds
+               for o in answered):  # fmt: skip
+        problems.append("no request was in flight at the signal")
+    if sum(refused) != clients:
+        problems.append(f"{clients - sum(refused)} of {clients} clients were never refused")
+    return problems
 
 
 def encode_reference(embedder, requests: list[LoadRequest], normalize: bool = True) -> Reference:

@@ -38,7 +38,9 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
     def body(self) -> dict[str, Any]:
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        """OpenAI's error body; a 429 (the server is busy) is not the request's fault."""
+        client_fault = self.status < 500 and self.status != 429
+        kind = "invalid_request_error" if client_fault else "server_error"
         error = {"message": self.message, "type": kind, "param": self.param, "code": self.code}
         return {"error": error}
 

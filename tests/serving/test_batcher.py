@@ -5,7 +5,14 @@ import threading
 import numpy as np
 import pytest
 
-from lmembed.serving import InputError, MicroBatcher, QueueFullError, ServerConfig, WorkerError
+from lmembed.serving import (
+    InputError,
+    MicroBatcher,
+    QueueFullError,
+    ServerConfig,
+    UnavailableError,
+    WorkerError,
+)
 
 
 class FakeEncoder:
@@ -188,6 +195,25 @@ def test_queue_bound_and_shutdown():
     batcher.stop()
 
 
+def test_a_cancelled_request_frees_its_room_at_once():
+    """A request withdrawn while queued (its client timed out) leaves the queue bound at
+    once, not when the worker reaches it, and is never encoded."""
+    gate = threading.Event()
+    encoder = FakeEncoder(gate)
+    batcher = _batcher(encoder, batch_window_ms=0, max_queue=4, batching=False)
+    running = batcher.submit(["a"])  # the worker blocks on the gate with this one
+    queued = batcher.submit(["b", "c", "d"])
+    with pytest.raises(QueueFullError):
+        batcher.submit(["e"])
+    assert queued.cancel() and batcher.pending_inputs == 1
+    later = batcher.submit(["e", "f", "g"])
+    gate.set()
+    assert _lengths(running) == [1] and _lengths(later) == [1, 1, 1]
+    batcher.stop()
+    assert ["b", "c", "d"] not in [texts for texts, _ in encoder.calls]
+    assert batcher.pending_inputs == 0
+
+
 def test_stop_leaves_no_request_hanging():
     gate = threading.Event()
     batcher = _batcher(FakeEncoder(gate), batch_window_ms=0, batching=False)
@@ -200,12 +226,12 @@ def test_stop_leaves_no_request_hanging():
     running.result(10)
     # "b" was queued before the stop signal, so it ran or was failed; never left hanging.
     assert waiting.done()
-    with pytest.raises(WorkerError, match="shutting down"):
+    with pytest.raises(UnavailableError, match="shutting down"):  # a 503, not a fault
         batcher.submit(["too late"])
 
 
 def test_not_started_refuses_instead_of_queueing():
-    with pytest.raises(WorkerError, match="not started"):
+    with pytest.raises(UnavailableError, match="not started"):
         MicroBatcher(FakeEncoder()).submit(["a"])
 
 
@@ -216,3 +242,11 @@ def test_invalid_limits():
         ServerConfig(max_queue=0)
     with pytest.raises(ValueError, match="API key is empty"):
         ServerConfig(api_keys=[" "])
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        ServerConfig(max_batch_tokens=0)
+    with pytest.raises(ValueError, match="request_timeout_s"):
+        ServerConfig(request_timeout_s=0)
+    with pytest.raises(ValueError, match="shutdown_delay_s"):
+        ServerConfig(shutdown_delay_s=-1)
+    with pytest.raises(ValueError, match="metrics must be one of"):
+        ServerConfig(metrics="public")

@@ -3,18 +3,19 @@
 import argparse
 import base64
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
-from loopback import running
+from loopback import running, wait_for
 
 from lmembed import Embedder
 from lmembed.options import add_flags, build, given
 from lmembed.quantization import unit_rows
-from lmembed.serving import MicroBatcher, QueueFullError, ServerConfig, create_app
+from lmembed.serving import MicroBatcher, ServerConfig, create_app
 
 TEXTS = ["A man is playing a guitar.", "Two dogs run on the beach.", "", "x" * 300]
 CONFIG = ServerConfig(name="tiny", max_inputs=8, max_chars=1000, max_request_bytes=20_000)
@@ -195,8 +196,7 @@ def test_a_text_the_model_rejects_fails_only_its_request(embedder, monkeypatch):
 def test_a_lone_surrogate_in_the_batch_fails_only_its_request(embedder):
     """Past the parser (``submit`` directly), the real tokenizer's TypeError on a lone
     surrogate fails only that request; its batch-mates get their own vectors."""
-    from lmembed.serving import InputError
-    from lmembed.serving.app import embedder_encode_fn
+    from lmembed.serving import InputError, embedder_encode_fn
 
     config = ServerConfig(batch_window_ms=200)
     batcher = MicroBatcher(embedder_encode_fn(embedder, config), config)
@@ -319,16 +319,31 @@ def test_concurrent_load_is_batched_with_zero_errors(embedder):
     assert health["requests"] == 200 and health["encode_calls"] < 200
 
 
-def test_full_queue_is_503_with_retry_after(embedder):
-    class FullBatcher(MicroBatcher):
-        def submit(self, texts, role=None):
-            raise QueueFullError("4096 texts are already waiting (limit 4096)")
+def test_full_queue_is_429_with_retry_after(embedder):
+    """Texts beyond ``max_queue`` (here: a request blocks the worker with two texts) are
+    refused at once with 429, not queued; once the queue drains there is room again."""
+    gate = threading.Event()
 
-    batcher = FullBatcher(lambda texts, role: None)
-    with running(create_app(embedder, CONFIG, batcher=batcher)) as base:
-        response = httpx.post(f"{base}/v1/embeddings", json={"input": "a"})
-    assert response.status_code == 503 and response.headers["retry-after"] == "1"
-    assert "server busy" in response.json()["error"]["message"]
+    def gated(texts, role):
+        gate.wait(30)
+        return np.ones((len(texts), 4), dtype=np.float32), [1] * len(texts)
+
+    config = ServerConfig(max_queue=2)
+    batcher = MicroBatcher(gated, config)
+    with (
+        running(create_app(embedder, config, batcher=batcher)) as base,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        first = pool.submit(_post, base, {"input": ["a", "b"]})
+        wait_for(lambda: batcher.pending_inputs == 2)
+        busy = _post(base, {"input": "c"})
+        gate.set()
+        assert first.result().status_code == 200
+        assert _post(base, {"input": "c"}).status_code == 200
+    assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+    error = busy.json()["error"]
+    assert "server busy" in error["message"] and "limit 2" in error["message"]
+    assert error["code"] == "overloaded" and error["type"] == "server_error"
 
 
 def test_serve_flags_come_from_server_config():
@@ -336,12 +351,17 @@ def test_serve_flags_come_from_server_config():
     parser = argparse.ArgumentParser()
     names = add_flags(parser, ServerConfig)
     argv = ["--port", "9000", "--no-batching", "--max-queue", "10", "--no-normalize",
-            "--api-key", "a", "--api-key", "b", "--batch-window-ms", "2.5"]  # fmt: skip
+            "--api-key", "a", "--api-key", "b", "--batch-window-ms", "2.5",
+            "--max-batch-tokens", "4096", "--request-timeout-s", "5", "--metrics", "key",
+            "--no-access-log", "--shutdown-delay-s", "2"]  # fmt: skip
     config = build(ServerConfig, given(parser.parse_args(argv), names))
     assert config == ServerConfig(
         port=9000, batching=False, max_queue=10, normalize=False, api_keys=["a", "b"],
-        batch_window_ms=2.5,
+        batch_window_ms=2.5, max_batch_tokens=4096, request_timeout_s=5.0, metrics="key",
+        access_log=False, shutdown_delay_s=2.0,
     )  # fmt: skip
+    with pytest.raises(SystemExit):  # argparse: invalid choice
+        parser.parse_args(["--metrics", "public"])
     assert build(ServerConfig, given(parser.parse_args([]), names)) == ServerConfig()
 
 

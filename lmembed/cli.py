@@ -70,8 +70,9 @@ class ExportOptions:
     output: str = option(None, "folder to write", required=True)
     format: ExportFormat = option(
         "sentence-transformers",
-        "what to write: a SentenceTransformer folder, merged "
-        "transformers weights, or the adapter files alone",
+        "what to write: a SentenceTransformer folder, merged transformers weights, the "
+        "adapter files alone, an ONNX or OpenVINO graph, or one GGUF file for llama.cpp "
+        "and Ollama",
     )
     overwrite: bool = option(False, "replace a non-empty --output")
     normalize: bool = option(
@@ -81,7 +82,8 @@ class ExportOptions:
         None,
         "int8 weights for --format onnx|openvino: int8 (ONNX Runtime dynamic quantisation) "
         "or int8-block (blocks of 32, MatMulNBits: for models whose activations "
-        "have outliers, e.g. Gemma-3); every int8 graph is checked against torch",
+        "have outliers, e.g. Gemma-3); every int8 graph is checked against torch. "
+        "--format gguf: f16 (default) or q8_0 (int8 in blocks of 32) weight matrices",
     )
     results: list[str] = option(
         [],
@@ -310,7 +312,7 @@ def cmd_serve(request: Request) -> None:
         require_serve_extra()
     except ImportError as error:
         raise SystemExit(f"lmembed serve: error: {error}") from None
-    serve(_load(request), options)
+    serve(lambda: _load(request), options)  # serve times the load (a metric)
 
 
 @dataclass(frozen=True)
@@ -359,8 +361,9 @@ def commands() -> list[Command]:
         Command("demo", "fine-tune gemma-3-270m and report before/after", cmd_demo, DemoOptions),
         Command("ablate", "train and score a sweep of training options", cmd_ablate,
                 AblateOptions),
-        Command("export", "write a model + adapter for sentence-transformers, transformers "
-                "or peft", cmd_export, ExportOptions, embedding=True),
+        Command("export", "write a model + adapter for sentence-transformers, transformers, "
+                "peft, ONNX/OpenVINO or llama.cpp (GGUF)", cmd_export, ExportOptions,
+                embedding=True),
         Command("mine", "mine hard negatives for (anchor, positive) pairs into a file "
                 "`lmembed train` reads", cmd_mine, _mine_options(), embedding=True),
         Command("serve", "OpenAI-compatible embeddings server (lmembed[serve])", cmd_serve,

@@ -110,11 +110,18 @@ ARCHITECTURES = {
 
 
 def make_tiny_model(
-    folder: Path, arch: str = "llama", pad_is_eos: bool = False, padding_side: str = "right"
+    folder: Path,
+    arch: str = "llama",
+    pad_is_eos: bool = False,
+    padding_side: str = "right",
+    **sizes: int,
 ) -> Path:
-    """Write a randomly initialised ``arch`` model and tokenizer to ``folder``."""
+    """Write a randomly initialised ``arch`` model and tokenizer to ``folder``; ``sizes``
+    override config fields (``hidden_size=256``: big enough to measure memory)."""
     tokenizer = tiny_tokenizer(pad_is_eos, padding_side)
     config = ARCHITECTURES[arch](len(tokenizer))
+    for name, value in sizes.items():
+        setattr(config, name, value)
     config.pad_token_id = tokenizer.pad_token_id
     config.eos_token_id = tokenizer.eos_token_id
     config.bos_token_id = tokenizer.bos_token_id

@@ -45,6 +45,13 @@ class TrainConfig:
         "GradCache: embed at most this many texts per forward pass and hold only one chunk's "
         "graph (same gradients as the full batch, a second forward pass of cost)",
     )
+    activation_checkpointing: int = option(
+        0,
+        "hold only every N-th decoder layer's input in the forward pass and recompute that "
+        "layer's activations in the backward pass (1: every layer; 0: off): training memory "
+        "falls to about one layer's activations, at the cost of one more forward pass "
+        "through the checkpointed layers; the gradients are the same",
+    )
     lr: float = option(5e-5, "peak learning rate (AdamW)")
     warmup: int = option(100, "linear warmup steps before cosine decay")
     weight_decay: float = option(1e-4, "AdamW weight decay")
@@ -115,6 +122,11 @@ class TrainConfig:
             raise ValueError(
                 f"mini_batch_size must be at least 1 (or unset to disable GradCache), "
                 f"got {self.mini_batch_size}"
+            )
+        if self.activation_checkpointing < 0:
+            raise ValueError(
+                "activation_checkpointing must be >= 0 (0: off), "
+                f"got {self.activation_checkpointing}"
             )
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")

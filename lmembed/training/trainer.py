@@ -84,7 +84,7 @@ def seed_everything(seed: int) -> None:
 
 def build_embedder(config: TrainConfig) -> Embedder:
     """Backbone + trainable LoRA (new, or continued from ``adapter``) + the spec to save,
-    with the config's attention kernel and ``--compile``."""
+    with the config's attention kernel, activation checkpointing and ``--compile``."""
     spec = config.embedding
     backbone, tokenizer = load_backbone(spec.model, spec.dtype, spec.trust_remote_code)
     if kernel := attention_kernel(config):
@@ -93,6 +93,12 @@ def build_embedder(config: TrainConfig) -> Embedder:
         backbone = load_adapter(backbone, spec.adapter, trainable=True)
     else:
         backbone = attach_lora(backbone, config.lora)
+    if config.activation_checkpointing:
+        # Non-reentrant checkpointing restores the RNG state, so LoRA dropout draws the
+        # same masks when a layer is recomputed: the gradients do not change.
+        backbone.get_base_model().activation_checkpointing_enable(
+            {"use_reentrant": False}, every_n_layers=config.activation_checkpointing
+        )
     embedder = Embedder(backbone, tokenizer, spec)
     if config.compile:
         compile_backbone(embedder)

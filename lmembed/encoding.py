@@ -49,6 +49,7 @@ from lmembed.quantization import (
     RANGES_FILE,
     Precision,
     calibrate,
+    check_dims_option,
     load_ranges,
     save_ranges,
     shrink,
@@ -92,8 +93,7 @@ class EncodeCorpusOptions:
         for name in ("shard_size", "batch_size", "calibration_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.dims is not None and self.dims < 1:
-            raise ValueError(f"dims must be at least 1, got {self.dims}")
+        check_dims_option(self.dims)
 
 
 # --- reading the corpus -----------------------------------------------------------------

@@ -47,6 +47,13 @@ def unit_rows(vectors: np.ndarray, dtype: type = np.float32) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
 
 
+def check_dims_option(dims: int | None) -> None:
+    """A requested vector size is positive (``None``: the model's); whether it fits the model
+    is checked where the vectors are cut (``truncate``), the one place that knows their size."""
+    if dims is not None and (type(dims) is not int or dims < 1):
+        raise ValueError(f"dims must be a positive integer, got {dims!r}")
+
+
 def truncate(vectors: np.ndarray, dims: int | None, normalize: bool = False) -> np.ndarray:
     """The first ``dims`` coordinates (Matryoshka), L2-normalised when ``normalize``."""
     if dims is not None:

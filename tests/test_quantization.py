@@ -127,3 +127,15 @@ def test_bad_inputs_are_refused():
         quantize(_vectors(dim=4), "int8", np.zeros((2, 5)))
     with pytest.raises(ValueError, match="at least 2 vectors"):
         calibrate(_vectors(n=1))
+
+
+@pytest.mark.parametrize("dims", [0, -3, 2.5, "64"])
+def test_a_size_option_that_is_not_a_positive_integer_is_refused_everywhere(dims):
+    """One check (``check_dims_option``) for ``lmembed encode --dims`` and ``eval --dims``."""
+    from lmembed.encoding import EncodeCorpusOptions
+    from lmembed.evaluation.sizes import SizeOptions
+
+    with pytest.raises(ValueError, match="dims must be a positive integer"):
+        SizeOptions(dims=[64, dims])
+    with pytest.raises(ValueError, match="dims must be a positive integer"):
+        EncodeCorpusOptions(dims=dims)

@@ -35,6 +35,7 @@ from lmembed.quantization import (
     CALIBRATED,
     PRECISIONS,
     bytes_per_vector,
+    check_dims_option,
     check_precision,
     dequantize,
     shrink,
@@ -52,8 +53,8 @@ class SizeOptions:
     def __post_init__(self) -> None:
         for precision in self.precision:
             check_precision(precision)
-        if any(d < 1 for d in self.dims):
-            raise ValueError(f"dims must be positive, got {self.dims}")
+        for dims in self.dims:
+            check_dims_option(dims)
 
 
 class MemoEncoder:
@@ -65,17 +66,11 @@ class MemoEncoder:
         self.dimension = encoder.dimension
         self._seen: dict[tuple[Role | None, str], np.ndarray] = {}
 
-    def encode(
-        self,
-        texts: list[str],
-        batch_size: int = 32,
-        show_progress: bool | None = None,
-        role: Role | None = None,
-    ) -> np.ndarray:
+    def encode(self, texts: list[str], role: Role | None = None, **options: Any) -> np.ndarray:
+        """``Embedder.encode``; ``options`` (batch size, progress) pass through."""
         missing = list(dict.fromkeys(t for t in texts if (role, t) not in self._seen))
         if missing:
-            vectors = self.encoder.encode(missing, batch_size=batch_size,
-                                          show_progress=show_progress, role=role)  # fmt: skip
+            vectors = self.encoder.encode(missing, role=role, **options)
             self._seen.update({(role, t): v for t, v in zip(missing, vectors, strict=True)})
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
@@ -97,15 +92,9 @@ class SizedEncoder:
     def dimension(self) -> int:
         return self.dims
 
-    def encode(
-        self,
-        texts: list[str],
-        batch_size: int = 32,
-        show_progress: bool | None = None,
-        role: Role | None = None,
-    ) -> np.ndarray:
-        vectors = self.encoder.encode(texts, batch_size=batch_size, show_progress=show_progress,
-                                      role=role)  # fmt: skip
+    def encode(self, texts: list[str], role: Role | None = None, **options: Any) -> np.ndarray:
+        """``Embedder.encode``, sized; ``options`` (batch size, progress) pass through."""
+        vectors = self.encoder.encode(texts, role=role, **options)
         if len(vectors) == 0:
             return np.zeros((0, self.dims), dtype=np.float32)
         if self.precision in CALIBRATED and self.ranges is None and len(vectors) < 2:

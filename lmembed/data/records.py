@@ -6,6 +6,8 @@ rows from 1, and reports problems as ``DataError`` naming the file and the line 
 * ``numbered_lines``: lines of an open binary handle with their byte offsets (for
   readers that seek back to a row later, like the training-data index);
 * ``iter_lines``: ``(line number, text)`` of a file, ``*.gz`` decompressed on the fly;
+* ``iter_tsv`` / ``iter_csv``: ``(line number, cells)`` of a tab-separated file or an
+  RFC 4180 CSV file (quoted cells may span lines: the row's first line is given);
 * ``iter_jsonl``: ``(line number, object)`` of a JSON-lines file, blank lines skipped;
 * ``iter_parquet``: ``(row number, record)`` of a parquet file.
 
@@ -16,6 +18,7 @@ mark at the start of the file is dropped.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import zlib
@@ -56,6 +59,34 @@ def iter_lines(path: str | Path, *, expected: str | None = None) -> Iterator[tup
         lines = _not_blank(lines, path, expected)
     for number, text in lines:
         yield number, text.removesuffix("\n").removesuffix("\r")
+
+
+def iter_tsv(path: str | Path, *, expected: str) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, cells)`` for every line, split on tabs (a blank line is ``[""]``)."""
+    for number, text in iter_lines(path, expected=expected):
+        yield number, text.split("\t")
+
+
+def iter_csv(path: str | Path, *, expected: str) -> Iterator[tuple[int, list[str]]]:
+    """``(line number where the row starts, cells)`` for every row (a blank line is ``[]``);
+    malformed CSV (an unclosed quote, say) raises a ``DataError`` with its line."""
+    read = {"line": 0}
+
+    def feed() -> Iterator[str]:
+        for number, text in iter_lines(path, expected=expected):
+            read["line"] = number
+            yield text + "\n"
+
+    reader = csv.reader(feed(), strict=True)
+    while True:
+        start = read["line"] + 1
+        try:
+            row = next(reader, None)
+        except csv.Error as err:
+            raise DataError(path, f"malformed CSV ({err})", line=read["line"]) from None
+        if row is None:
+            return
+        yield start, row
 
 
 def iter_jsonl(

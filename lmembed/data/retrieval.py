@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmembed.data._text import read_text, split_lines
 from lmembed.data.errors import DataError
-from lmembed.data.records import iter_jsonl
+from lmembed.data.records import iter_jsonl, iter_tsv
 from lmembed.data.sts import DATA_DIR_ENV, resolve_data_dir, resolve_tasks
 
 logger = logging.getLogger(__name__)
@@ -225,12 +224,10 @@ def _field(path: Path, line: int, record: dict, key: str, kinds: tuple[type, ...
 
 
 def _read_qrels(path: Path, doc_ids: set[str], query_ids: set[str]) -> dict[str, dict[str, int]]:
-    lines = split_lines(read_text(path, expected="query-id<TAB>corpus-id<TAB>score lines"))
     qrels: dict[str, dict[str, int]] = {}
     unknown = {"documents": 0, "queries": 0}
-    for number, line in enumerate(lines, 1):
-        cells = line.split("\t")
-        if not line.strip() or (number == 1 and cells[0] == "query-id"):
+    for number, cells in iter_tsv(path, expected="query-id<TAB>corpus-id<TAB>score lines"):
+        if not "".join(cells).strip() or (number == 1 and cells[0] == "query-id"):
             continue
         if len(cells) != 3:
             raise DataError(

@@ -11,8 +11,6 @@ between sets.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import os
@@ -23,9 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from lmembed.data._text import read_text, split_lines
 from lmembed.data.errors import DataError
-from lmembed.data.records import iter_jsonl
+from lmembed.data.records import iter_csv, iter_jsonl, iter_tsv
 
 logger = logging.getLogger(__name__)
 
@@ -185,18 +182,18 @@ Rows = tuple[list[str], list[str], list[float], list[int]]
 
 
 def _read_tsv(path: Path) -> Rows:
-    lines = split_lines(read_text(path, expected="a header row sentence1<TAB>sentence2<TAB>score"))
-    header = lines[0].split("\t")
-    if tuple(header[:3]) != HEADER:
-        raise DataError(
-            path,
-            f"header starts with {header[:3]}, expected {list(HEADER)}",
-            line=1,
-            hint="the first line must be sentence1<TAB>sentence2<TAB>score (tab-separated)",
-        )
     rows: Rows = ([], [], [], [])
-    for number, line in enumerate(lines[1:], 2):
-        cells = line.split("\t")
+    lines = iter_tsv(path, expected="a header row sentence1<TAB>sentence2<TAB>score")
+    for number, cells in lines:
+        if number == 1:
+            if tuple(cells[:3]) != HEADER:
+                raise DataError(
+                    path,
+                    f"header starts with {cells[:3]}, expected {list(HEADER)}",
+                    line=1,
+                    hint="the first line must be sentence1<TAB>sentence2<TAB>score (tab-separated)",
+                )
+            continue
         if len(cells) < 3:
             raise DataError(
                 path,
@@ -209,26 +206,24 @@ def _read_tsv(path: Path) -> Rows:
 
 
 def _read_csv(path: Path) -> Rows:
-    text = read_text(path, expected="a header row sentence1,sentence2,score")
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     rows: Rows = ([], [], [], [])
-    try:
-        header = next(reader)
-        where = _columns(path, header, "comma-separated header")
-        for cells in reader:
-            if not cells:
-                continue
-            if len(cells) != len(header):
-                raise DataError(
-                    path,
-                    f"{len(cells)} column(s), the header has {len(header)}",
-                    line=reader.line_num,
-                    hint="quote cells that contain commas with double quotes",
-                )
-            s1, s2, score = (cells[where[c]] for c in HEADER)
-            _append(rows, s1, s2, _score(path, reader.line_num, score), reader.line_num)
-    except csv.Error as err:
-        raise DataError(path, f"malformed CSV ({err})", line=reader.line_num) from None
+    header: list[str] = []
+    where: dict[str, int] = {}
+    for number, cells in iter_csv(path, expected="a header row sentence1,sentence2,score"):
+        if not header:
+            header, where = cells, _columns(path, cells, "comma-separated header")
+            continue
+        if not cells:
+            continue
+        if len(cells) != len(header):
+            raise DataError(
+                path,
+                f"{len(cells)} column(s), the header has {len(header)}",
+                line=number,
+                hint="quote cells that contain commas with double quotes",
+            )
+        s1, s2, score = (cells[where[c]] for c in HEADER)
+        _append(rows, s1, s2, _score(path, number, score), number)
     return _nonempty(path, rows)
 
 

@@ -1,4 +1,5 @@
-"""The shared record readers: lines, JSON lines and parquet rows, numbered from 1."""
+"""The shared record readers: lines, tab- and comma-separated rows, JSON lines and parquet
+rows, numbered from 1."""
 
 from __future__ import annotations
 
@@ -111,3 +112,25 @@ def test_parquet_missing_column_and_unreadable_file(tmp_path: Path) -> None:
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
     with pytest.raises(DataError, match="not a readable parquet file"):
         list(iter_parquet(tmp_path / "bad.parquet"))
+
+
+def test_delimited_rows_carry_the_line_they_start_on(tmp_path):
+    from lmembed.data.records import iter_csv, iter_tsv
+
+    path = tmp_path / "rows.csv"
+    path.write_text('a,b\n"one\ntwo",3\n\n4,5\n', encoding="utf-8")
+    assert list(iter_csv(path, expected="rows")) == [
+        (1, ["a", "b"]), (2, ["one\ntwo", "3"]), (4, []), (5, ["4", "5"])
+    ]  # fmt: skip
+    tsv = tmp_path / "rows.tsv"
+    tsv.write_text("\ufeffa\tb\r\n\nc\td\n", encoding="utf-8")
+    assert list(iter_tsv(tsv, expected="rows")) == [(1, ["a", "b"]), (2, [""]), (3, ["c", "d"])]
+
+
+def test_malformed_csv_names_its_file_and_line(tmp_path):
+    from lmembed.data.records import iter_csv
+
+    path = tmp_path / "bad.csv"
+    path.write_text('a,b\n1,2\n"open,3\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.csv.*line 3.*malformed CSV"):
+        list(iter_csv(path, expected="rows"))

@@ -35,6 +35,7 @@ training data layouts (--data FILE|DIR|HUB_ID, repeat for several datasets):
   FlagEmbedding jsonl       {"query", "pos": [...], "neg": [...]}
   query/positive/negatives  query, positive, negatives (a list)
   anything else             --columns anchor=question,positive=answer,negatives=neg_*
+  texts (with --teacher)    text (one column)                  --loss none: distillation only
 formats: .csv .tsv .jsonl (also .gz), .parquet, a folder of them, a hub dataset id.
 Every negative is a candidate for every anchor of the global batch; --negatives-per-anchor K
 uses K of them; a batch never holds two examples with the same anchor or positive text

@@ -119,7 +119,7 @@ def _train_and_score(
         if not (folder / "adapter_model.safetensors").is_file():  # saved once training ends
             key = repr(config.dataset)  # runs that read the same data index it once
             if key not in cache:
-                cache[key] = load_training_data(config.dataset)
+                cache[key] = load_training_data(config.dataset, texts=config.loss == "none")
             train(config, data=cache[key])
         gc.collect()
         embedder = Embedder.from_pretrained(adapter=folder, device=accelerator())

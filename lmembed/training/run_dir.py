@@ -12,6 +12,7 @@
 * ``eval.jsonl``: one record per evaluation (step, metrics, seconds); ``best.json``: the
   step ``--keep-best`` kept and its score;
 * ``report.md``/``report.png``: loss and eval metrics against step;
+* ``teacher.json``: with ``--teacher``, what the teacher's vectors cost (texts, seconds);
 * ``tensorboard/``, ``mlruns/``: the ``--report-to`` trackers' files;
 * ``checkpoint/``: what ``--resume`` needs (``checkpoint.TrainingState``).
 

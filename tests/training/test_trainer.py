@@ -332,4 +332,8 @@ def test_eager_and_sdpa_attention_give_the_same_vectors_and_gradients(
         results[kernel] = (loss.item(), grads)
     assert results["sdpa"][0] == pytest.approx(results["eager"][0], rel=1e-5)
     for name, grad in results["sdpa"][1].items():
-        torch.testing.assert_close(grad, results["eager"][1][name], rtol=1e-4, atol=1e-5)
+        # Summation order differs between kernels (and between CPUs' vector widths), so
+        # single elements near zero differ by ~1e-5 of the largest; the tensor as a whole
+        # must agree to float32 rounding, where a wrong mask would be off by O(1).
+        reference = results["eager"][1][name]
+        assert (grad - reference).norm() <= 1e-5 * reference.norm(), name

@@ -52,8 +52,14 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 def run_probe(name: str, argv: list[str], workdir: Path, launcher: list[str] = PROBE,
               env: dict | None = None) -> list[dict]:  # fmt: skip
-    """``lmembed ARGV`` under the probe; its phase records (every rank's, ``rank`` set)."""
+    """``lmembed ARGV`` under the probe; its phase records (every rank's, ``rank`` set).
+    A log that a finished run left in ``workdir`` is read instead (``--logs``: resume)."""
     log = workdir / f"{name}.jsonl"
+    if finished(read_phases(log)):
+        print(f"{name}: read from {log}", flush=True)
+        return read_phases(log)
+    for stale in log.parent.glob(f"{log.name}*"):
+        stale.unlink()
     started = time.perf_counter()
     with (workdir / f"{name}.err").open("w+") as stderr:
         done = subprocess.run([*launcher, str(log), "--", *argv], env=env or worker_env(),
@@ -72,6 +78,12 @@ def read_phases(log: Path) -> list[dict]:
         rank = int(path.name.rpartition(".rank")[2]) if ".rank" in path.name else 0
         records += [{**json.loads(line), "rank": rank} for line in path.read_text().splitlines()]
     return records
+
+
+def finished(records: list[dict]) -> bool:
+    """Every rank of the run reached its ``end`` phase."""
+    ranks = {r["rank"] for r in records}
+    return bool(ranks) and ranks == {r["rank"] for r in records if r["phase"] == "end"}
 
 
 def peak(records: list[dict], phase: str | None = None) -> float:
@@ -166,6 +178,9 @@ def parser() -> argparse.ArgumentParser:
                         help="--activation-checkpointing of the 'after' runs")  # fmt: skip
     parser.add_argument("--bf16-steps", type=int, default=1,
                         help="steps of the bf16 runs (0: skip them)")  # fmt: skip
+    parser.add_argument("--logs", type=Path, default=None,
+                        help="keep the runs and probe logs here (default: a temporary folder); "
+                        "runs whose logs are complete are read, not rerun")  # fmt: skip
     return parser
 
 
@@ -173,7 +188,8 @@ def measure(args: argparse.Namespace) -> dict:
     env = environment()
     runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
-        workdir = Path(tmp)
+        workdir = args.logs or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         texts = workdir / "texts.txt"
         texts.write_text("\n".join(sts_sentences(512)) + "\n")
         encode = ["encode", "--model", args.model, "--input", str(texts), "--dtype", "fp32"]
@@ -201,7 +217,8 @@ def measure(args: argparse.Namespace) -> dict:
         runs["serve"] = serve_phases(args, workdir, adapter)
     shapes = model_shapes(args.model)
     runtime = min(r["peak_mb"] for r in runs["encode"] if r["phase"] == "import")
-    return {"environment": env, "args": vars(args), "shapes": shapes, "runtime_mb": runtime,
+    settings = {k: v for k, v in vars(args).items() if k != "logs"}
+    return {"environment": env, "args": settings, "shapes": shapes, "runtime_mb": runtime,
             "runs": runs}  # fmt: skip
 
 

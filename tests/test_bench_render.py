@@ -26,6 +26,7 @@ SECTIONS = [
     ("bench_data", "data", "Training data from disk"),
     ("bench_encode", "encode", "Encoding throughput"),
     ("bench_gradcache", "gradcache", "GradCache and multi-process training"),
+    ("bench_memory", "memory", "Memory"),
     ("bench_merge", "merge", "LoRA merged for inference"),
     ("bench_quality", "quality-bf16", "Quality at equal budget (bf16)"),
     ("bench_quality", "quality-fp32", "Quality at equal budget (fp32)"),

@@ -68,6 +68,7 @@ LIBRARIES: dict[str | None, str] = {
     "sentence-transformers": "sentence-transformers",
     "onnx": "onnx",
     "openvino": "openvino",
+    "gguf": "gguf",
 }
 FORMAT_TEXT: dict[str | None, str] = {
     None: "an lmembed training run: the LoRA adapter (peft) and `lmembed.json`, the recipe",
@@ -77,6 +78,8 @@ FORMAT_TEXT: dict[str | None, str] = {
     "tokenizer that adds the prompt and EOS itself",
     "onnx": "an fp32 ONNX graph of the merged backbone, run by lmembed's `--backend onnx`",
     "openvino": "OpenVINO IR of the merged backbone, run by lmembed's `--backend openvino`",
+    "gguf": "one GGUF file (`model.gguf`) for llama.cpp and Ollama: the merged weights, the "
+    "tokenizer, and the pooling, BOS and EOS rules in its metadata",
 }
 # How lmembed opens each format (the sentence-transformers folder is for sentence-transformers).
 LMEMBED_FLAGS: dict[str | None, str] = {
@@ -89,6 +92,8 @@ LMEMBED_FLAGS: dict[str | None, str] = {
 QUANTIZE_TEXT = {
     "int8": "int8 weights (ONNX Runtime dynamic quantisation), fp32 activations",
     "int8-block": "int8 weights in blocks of 32 (MatMulNBits)",
+    "f16": "f16 weights (norms and biases f32)",
+    "q8_0": "q8_0 weights: int8 in blocks of 32 with an f16 scale (norms and biases f32)",
 }
 CONFIG_SKIPPED = ("output", "resume")  # where and how the run was saved, not the recipe
 CITATION = """\
@@ -429,6 +434,8 @@ def _details(spec: EmbeddingSpec, base: str, fmt: str | None, quantize: str | No
 def _precision(spec: EmbeddingSpec, fmt: str | None, quantize: str | None) -> str:
     if fmt in ("onnx", "openvino"):
         return "fp32 graph" + (f"; {QUANTIZE_TEXT[quantize]}" if quantize else "")
+    if fmt == "gguf":
+        return QUANTIZE_TEXT[quantize or "f16"]
     if fmt in ("merged", "sentence-transformers"):
         return f"{spec.dtype} weights"
     return f"base model in {spec.dtype}, LoRA weights in fp32"
@@ -570,6 +577,8 @@ def _usage(spec: EmbeddingSpec, name: str, fmt: str | None) -> str:
     parts = ["## Usage"]
     if fmt == "sentence-transformers":
         parts += [_sentence_transformers(spec), _lmembed_elsewhere()]
+    elif fmt == "gguf":
+        parts.append(_llama_cpp(spec))
     else:
         parts += [_export_hint(fmt), _lmembed(spec, name, LMEMBED_FLAGS[fmt])]
     return "\n\n".join(parts)
@@ -597,6 +606,42 @@ def _sentence_transformers(spec: EmbeddingSpec) -> str:
             "leading coordinates (drop it for the full vector)."
         )
     return code + "\n\n" + " ".join(notes)
+
+
+def prompt_roles(spec: EmbeddingSpec) -> list[tuple[str, str]]:
+    """Which texts get which prompt template, for clients that must add it themselves."""
+    roles = [("each text", spec.prompt), ("queries", spec.query_prompt)]
+    roles.append(("documents", spec.document_prompt))
+    return [(who, template) for who, template in roles if template is not None]
+
+
+def _llama_cpp(spec: EmbeddingSpec) -> str:
+    """llama.cpp and Ollama take pooling, BOS and EOS from the file; the prompt is the
+    client's to add (``lmembed.export.gguf`` records it in the file's metadata too)."""
+    code = (
+        "```bash\n"
+        f"llama-server -m {HERE}/model.gguf --embeddings --pooling {spec.pooling} --port 8080\n"
+        "curl -s localhost:8080/v1/embeddings -H 'content-type: application/json' \\\n"
+        '    -d \'{"input": ["A man plays guitar."]}\'\n\n'
+        f"printf 'FROM {HERE}/model.gguf\\n' > Modelfile   # Ollama\n"
+        "ollama create my-embedder -f Modelfile\n"
+        'curl -s localhost:11434/api/embed -d \'{"model": "my-embedder", '
+        '"input": ["A man plays guitar."]}\'\n```'
+    )
+    prompts = [f"{who} in {_code(template)}" for who, template in prompt_roles(spec)]
+    prompt = (
+        f"llama.cpp and Ollama add no prompt: wrap {'; '.join(prompts)} yourself, with the "
+        "text in place of `{s}`."
+        if prompts
+        else "The model takes texts as they are (no prompt)."
+    )
+    eos = " and appends EOS" if spec.append_eos else ""
+    return (
+        f"With llama.cpp (the file sets {spec.pooling} pooling{eos}; BOS as the base model's "
+        f"tokenizer adds it) or Ollama:\n\n{code}\n\n{prompt} lmembed reads the file too: "
+        f"`lmembed encode --model {HERE}/model.gguf`"
+        + (" with the prompt flags." if prompts else ".")
+    )
 
 
 def _lmembed_elsewhere() -> str:

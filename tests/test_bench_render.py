@@ -25,6 +25,7 @@ SECTIONS = [
     ("bench_corpus_encode", "corpus_encode_paired", "Corpus encoding: paired throughput"),
     ("bench_data", "data", "Training data from disk"),
     ("bench_encode", "encode", "Encoding throughput"),
+    ("bench_gguf", "gguf", "GGUF in llama.cpp"),
     ("bench_gradcache", "gradcache", "GradCache and multi-process training"),
     ("bench_memory", "memory", "Memory"),
     ("bench_merge", "merge", "LoRA merged for inference"),

@@ -9,6 +9,8 @@
   IR), optionally with int8 weights (``quantize="int8"``), plus the tokenizer, the config and
   ``lmembed.json`` marked with the backend; ``lmembed.backends.load_encoder`` runs it with
   ``Embedder``'s own tokenization and pooling (see ``lmembed.backends.onnx``).
+* ``gguf``: one ``model.gguf`` (merged weights as ``f16`` or ``q8_0``, the tokenizer, and the
+  pooling/BOS/EOS keys) that llama.cpp and Ollama embed with (``lmembed.export.gguf``).
 
 Every format gets a model card (``README.md``, ``lmembed.model_card``): the base model, the
 embedding recipe, the training run's options, data and evaluations, ``results`` files'
@@ -23,8 +25,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from lmembed.backends.errors import QUANTIZE, ExportError, Quantize, check_causal
+from lmembed.backends.errors import ExportError, Quantize, check_causal, check_quantize
 from lmembed.backends.runtime_export import RUNTIME_FORMATS, export_runtime
+from lmembed.export.gguf import write_gguf
 from lmembed.export.sentence_transformers_folder import (
     st_prompts,
     write_sentence_transformers,
@@ -36,7 +39,7 @@ from lmembed.model.resolve import resolve_spec
 from lmembed.model.spec import SPEC_FILE, EmbeddingSpec
 from lmembed.model_card import origin, read_results, write_card
 
-ExportFormat = Literal["sentence-transformers", "merged", "adapter", "onnx", "openvino"]
+ExportFormat = Literal["sentence-transformers", "merged", "adapter", "onnx", "openvino", "gguf"]
 FORMATS: tuple[str, ...] = typing.get_args(ExportFormat)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", SPEC_FILE)
 
@@ -58,17 +61,14 @@ def export(
     rounds once. An existing non-empty ``output`` is replaced only with ``overwrite``
     (it could be the training run itself). ``onnx``/``openvino`` graphs compute in fp32
     whatever ``dtype`` says; ``quantize`` stores their weights in int8 (``Quantize``).
+    ``gguf`` stores its weights as ``quantize`` ``f16`` (the default) or ``q8_0``.
     ``normalize`` (sentence-transformers): end with a Normalize module, so ``encode``
     returns unit vectors as ``lmembed encode`` and the server do by default.
     ``results``: ``lmembed eval --output`` files whose scores the model card reports.
     """
     if kind not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {kind!r}")
-    if quantize is not None and (kind not in RUNTIME_FORMATS or quantize not in QUANTIZE):
-        raise ExportError(
-            f"--quantize {'|'.join(QUANTIZE)} applies to --format onnx or openvino, got "
-            f"{quantize!r} with --format {kind}"
-        )
+    check_quantize(kind, quantize)
     output = Path(output)
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise FileExistsError(f"{output} exists and is not empty; pass --overwrite to replace it")
@@ -84,10 +84,17 @@ def export(
             _write_card(folder, graph_spec, kind, results, quantize=quantize)
 
         return export_runtime(spec, output, kind, quantize, card)
-    if kind == "sentence-transformers":
+    if kind in ("sentence-transformers", "gguf"):
         check_causal(spec, kind)
+    if kind == "sentence-transformers":
         st_prompts(spec)  # fail before loading the model
     embedder = Embedder.from_spec(spec.replace(dtype="fp32"))  # merges LoRA in fp32
+    if kind == "gguf":
+
+        def gguf_card(folder: Path) -> None:
+            _write_card(folder, spec, kind, results, quantize=quantize or "f16")
+
+        return write_gguf(embedder, output, quantize or "f16", gguf_card)
     embedder.model.to(DTYPES[spec.dtype])
     embedder.spec = spec
     if kind == "merged":

@@ -24,6 +24,7 @@ LIBRARY = {
     "adapter": "peft",
     "onnx": "onnx",
     "openvino": "openvino",
+    "gguf": "gguf",
 }
 HUB_DATA = "princeton-nlp/datasets-for-simcse"
 # stsb-dev peaks at step 50 (kept by --keep-best), the last evaluation is step 100.

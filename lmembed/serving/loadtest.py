@@ -115,12 +115,15 @@ def run_load(
     concurrency: int,
     api_key: str | None = None,
     back_off: bool = False,
+    seconds: float | None = None,
 ) -> tuple[list[Outcome], float]:
     """Send every request from ``concurrency`` threads; the outcomes and the wall time.
 
     ``back_off``: after a 429 a client waits ``Retry-After`` seconds before its next
     request, as the OpenAI SDK does (without it, an overload test measures mostly how
-    fast the server answers 429s).
+    fast the server answers 429s). ``seconds``: send no request later than this after the
+    start (those sent are answered; the rest are left out of the outcomes), so a benchmark
+    is bounded in time as well as in requests.
     """
     import httpx
 
@@ -130,7 +133,9 @@ def run_load(
     for _ in range(concurrency):
         clients.put(httpx.Client(base_url=url, timeout=120))
 
-    def send(request: LoadRequest) -> Outcome:
+    def send(request: LoadRequest) -> Outcome | None:
+        if time.perf_counter() > deadline:
+            return None
         client = clients.get()  # never waits: one client per thread
         try:
             outcome = _send(client, request, api_key)
@@ -141,8 +146,9 @@ def run_load(
         return outcome
 
     started = time.perf_counter()
+    deadline = started + seconds if seconds is not None else math.inf
     with ThreadPoolExecutor(concurrency) as workers:
-        outcomes = list(workers.map(send, requests))
+        outcomes = [outcome for outcome in workers.map(send, requests) if outcome is not None]
     wall_s = time.perf_counter() - started
     while not clients.empty():
         clients.get().close()

@@ -11,6 +11,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from tiny_models import (
     ARCHITECTURES,
     SPECIALS,
@@ -20,13 +21,14 @@ from tiny_models import (
     require_packaged_model,
 )
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 from transformers.models.gemma3.configuration_gemma3 import Gemma3TextConfig
 
 from lmembed import Embedder
 from lmembed.cli import ExportOptions, main
 from lmembed.export import ExportError, export
 from lmembed.export.gguf import GGUF_FILE, source_gguf
+from lmembed.model.loading import _gguf_cache, _without_quantization
 from lmembed.model_card import QUANTIZE_TEXT
 from lmembed.options import literal_choices
 
@@ -242,3 +244,25 @@ def test_packaged_smollm2_with_an_adapter(tmp_path):
     assert field(written, "tokenizer.ggml.pre") == field(original, "tokenizer.ggml.pre")
     assert layout(written) == layout(original)
     check_vectors(out, tuned, 0.999)
+
+
+@pytest.mark.parametrize("arch", sorted(CONFIGS))
+def test_gguf_cache_holds_what_from_pretrained_loads(arch, tmp_path, monkeypatch):
+    """The safetensors copy of a GGUF (written without building a model) has the tensors,
+    names and config that ``AutoModel.from_pretrained(gguf_file=...)`` loads, bit for bit."""
+    monkeypatch.setenv("LMEMBED_CACHE", str(tmp_path / "cache"))
+    out = export(tmp_path / "gguf", "gguf", quantize="q8_0", model=str(make_model(tmp_path, arch)))
+    cache = _gguf_cache(out / GGUF_FILE)
+
+    model, _ = load_gguf(out)
+    expected = model.state_dict()
+    written = load_file(cache / "model.safetensors")
+    assert sorted(written) == sorted(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(written[name], tensor), name
+    converted = AutoConfig.for_model(**_without_quantization(model.config.to_dict()))
+    assert without_path(AutoConfig.from_pretrained(cache)) == without_path(converted)
+
+
+def without_path(config) -> dict:
+    return {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}

@@ -3,7 +3,8 @@
 ``python -m bench.memory_probe LOG -- train --config ...`` appends one JSON line per
 phase to ``LOG`` (``LOG.rank<N>`` under torchrun): the phase, its peak RSS (Linux's
 ``VmHWM``, reset at each phase boundary through ``/proc/self/clear_refs``, so a phase's
-peak is exact, not sampled), the RSS at its end, and the texts and tokens of a training step.
+peak is exact, not sampled), the RSS at its end, the largest peak of any child process so
+far (the GGUF conversion runs in one), and the texts and tokens of a training step.
 Phases are marked by wrapping lmembed's own functions (model conversion and loading, LoRA,
 each optimizer step, evaluation, saving, export, encoding); nothing in lmembed changes.
 """
@@ -14,6 +15,7 @@ import functools
 import json
 import os
 import re
+import resource
 import sys
 import time
 from pathlib import Path
@@ -39,6 +41,7 @@ class PhaseLog:
         now = status_mb()
         record = {"phase": phase, "peak_mb": now["VmHWM"], "rss_mb": now["VmRSS"],
                   "anon_mb": now["RssAnon"], "file_mb": now["RssFile"],
+                  "children_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
                   "t": round(time.perf_counter() - self.began, 2), **extra}  # fmt: skip
         with self.path.open("a", encoding="utf-8") as out:
             out.write(json.dumps(record) + "\n")
@@ -66,7 +69,8 @@ def instrument(log: PhaseLog) -> None:
     import lmembed.training.monitor as monitor
     import lmembed.training.trainer as trainer
 
-    wrap(log, loading, "_gguf_cache", "convert GGUF")
+    wrap(log, loading, "gguf_cache", "convert GGUF")
+    wrap(log, loading, "cast_cache", "cast copy")
     for module in (loading, embedder, trainer):
         wrap(log, module, "load_backbone", "load")
     wrap(log, trainer, "attach_lora", "LoRA")

@@ -202,7 +202,8 @@ def reference_model(plan: Recipe):
     from peft import TaskType, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lmembed.model.loading import DTYPES, resolve
+    from lmembed.model.loading import resolve
+    from lmembed.model.spec import DTYPES
 
     folder = resolve(plan.model)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -302,7 +303,8 @@ def st_model(plan: Recipe, lora: bool = True):
     from sentence_transformers.base.modules.transformer import Transformer
     from sentence_transformers.sentence_transformer.modules.pooling import Pooling
 
-    from lmembed.model.loading import DTYPES, resolve
+    from lmembed.model.loading import resolve
+    from lmembed.model.spec import DTYPES
 
     transformer = Transformer(
         str(resolve(plan.model)),

@@ -34,9 +34,8 @@ from lmembed.export.sentence_transformers_folder import (
 )
 from lmembed.io import atomic_directory, atomic_write_json
 from lmembed.model.embedder import Embedder
-from lmembed.model.loading import DTYPES
 from lmembed.model.resolve import resolve_spec
-from lmembed.model.spec import SPEC_FILE, EmbeddingSpec
+from lmembed.model.spec import DTYPES, SPEC_FILE, EmbeddingSpec
 from lmembed.model_card import origin, read_results, write_card
 
 ExportFormat = Literal["sentence-transformers", "merged", "adapter", "onnx", "openvino", "gguf"]

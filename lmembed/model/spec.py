@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from lmembed.io import atomic_write_json
 from lmembed.options import check_choices, option
 from lmembed.system import native_bf16
@@ -29,6 +31,7 @@ DType = Literal["auto", "bf16", "fp32", "fp16"]
 Role = Literal["query", "document"]
 ROLES: tuple[Role, ...] = ("query", "document")
 DEFAULT_MAX_LENGTH = 128
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_dtype(dtype: str) -> str:

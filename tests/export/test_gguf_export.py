@@ -28,7 +28,7 @@ from lmembed import Embedder
 from lmembed.cli import ExportOptions, main
 from lmembed.export import ExportError, export
 from lmembed.export.gguf import GGUF_FILE, source_gguf
-from lmembed.model.loading import _gguf_cache, _without_quantization
+from lmembed.model.gguf_cache import _without_quantization, gguf_cache
 from lmembed.model_card import QUANTIZE_TEXT
 from lmembed.options import literal_choices
 
@@ -252,7 +252,7 @@ def test_gguf_cache_holds_what_from_pretrained_loads(arch, tmp_path, monkeypatch
     names and config that ``AutoModel.from_pretrained(gguf_file=...)`` loads, bit for bit."""
     monkeypatch.setenv("LMEMBED_CACHE", str(tmp_path / "cache"))
     out = export(tmp_path / "gguf", "gguf", quantize="q8_0", model=str(make_model(tmp_path, arch)))
-    cache = _gguf_cache(out / GGUF_FILE)
+    cache = gguf_cache(out / GGUF_FILE)
 
     model, _ = load_gguf(out)
     expected = model.state_dict()

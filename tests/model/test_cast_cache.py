@@ -8,7 +8,8 @@ import json
 import torch
 from tiny_models import make_tiny_model
 
-from lmembed.model.loading import SOURCE_FILE, load_backbone
+from lmembed.model.gguf_cache import SOURCE_FILE
+from lmembed.model.loading import load_backbone
 
 
 def test_bf16_load_of_a_gguf_cache_writes_and_reuses_a_bf16_copy(tmp_path):

@@ -37,6 +37,7 @@ def test_the_quality_page_shows_the_same_table():
 NINE_TASK_ROWS = {  # quality.md's nine-task table: row label -> result file
     "all-MiniLM-L6-v2 (22M encoder)": "baselines/all-minilm-l6-v2-nine.json",
     "gemma-3-270m, base (bf16, native-bf16 Xeon)": "baselines/gemma-3-270m-nine.json",
+    "gemma-3-270m, base (fp32, AMD EPYC)": "gpu-carry/packaged-fp32-nine.json",
 }
 
 
@@ -51,3 +52,10 @@ def test_the_nine_task_rows_come_from_their_result_files():
     quality = (ROOT / "docs" / "quality.md").read_text(encoding="utf-8")
     for label, name in NINE_TASK_ROWS.items():
         assert nine_task_row(label, ROOT / "docs" / "results" / name) in quality, label
+
+
+def test_the_gpu_carry_table_comes_from_its_result_files():
+    """docs/quality.md's zeroed-rows table: counts and fp32 CPU scores of the carried model."""
+    from bench.diagnostics.zeroed_rows import table
+
+    assert table() in (ROOT / "docs" / "quality.md").read_text(encoding="utf-8")

@@ -47,7 +47,7 @@ from lmembed.io import atomic_write_json, atomic_write_npy, cache_root, folder_f
 from lmembed.losses.distillation import DistillKind, TeacherRows
 from lmembed.model.embedder import Embedder
 from lmembed.model.resolve import resolve_spec
-from lmembed.model.spec import SPEC_FILE, EmbeddingSpec, Role
+from lmembed.model.spec import SPEC_FILE, DType, EmbeddingSpec, Role
 from lmembed.options import check_choices, option
 from lmembed.training.checkpoint import rng_states, set_rng_states
 from lmembed.training.distributed import Distributed, barrier, gather_objects
@@ -73,6 +73,11 @@ class DistillOptions:
     )
     teacher_adapter: str | None = option(
         None, "a trained adapter on --teacher (as `lmembed eval --adapter`)"
+    )
+    teacher_dtype: DType | None = option(
+        None,
+        "the teacher's dtype (auto, fp32, bf16, fp16); default: its adapter's saved dtype, "
+        "else auto, as `lmembed eval` resolves it",
     )
     distill_loss: DistillKind = option(
         "kl",
@@ -118,7 +123,7 @@ def teacher_spec(options: DistillOptions) -> EmbeddingSpec:
     model, adapter = options.teacher, options.teacher_adapter
     if adapter is None and model is not None and is_adapter_folder(model):
         model, adapter = None, model
-    return resolve_spec(model=model, adapter=adapter)
+    return resolve_spec(model=model, adapter=adapter, dtype=options.teacher_dtype)
 
 
 def is_adapter_folder(path: str | Path) -> bool:

@@ -28,6 +28,7 @@ from lmembed.data.layouts import resolve_layout
 from lmembed.data.training import Batch, DataOptions, load_training_data
 from lmembed.losses import TeacherRows
 from lmembed.model.embedder import Embedder
+from lmembed.model.spec import resolve_dtype
 from lmembed.training import trainer as trainer_module
 from lmembed.training.config import TrainConfig, load_config
 from lmembed.training.distributed import Distributed, average_gradients, mean_across
@@ -487,16 +488,21 @@ def test_packaged_sentence_transformers_teacher_resolves_as_eval_does():
     """``all-minilm-l6-v2`` (a sentence-transformers folder): mean pooling, 256 tokens."""
     spec = teacher_spec(DistillOptions(teacher="all-minilm-l6-v2"))
     assert (spec.model, spec.pooling, spec.max_length) == ("all-minilm-l6-v2", "mean", 256)
+    assert spec.dtype == resolve_dtype("auto")  # as lmembed eval, unless --teacher-dtype
+    half = DistillOptions(teacher="all-minilm-l6-v2", teacher_dtype="fp16")
+    assert teacher_spec(half).dtype == "fp16"
+    with pytest.raises(ValueError, match="teacher_dtype"):
+        DistillOptions(teacher="all-minilm-l6-v2", teacher_dtype="int4")
 
 
 @pytest.mark.integration
 def test_minilm_teacher_vectors_are_sentence_transformers_own(tmp_path):
-    """The packaged MiniLM as a teacher embeds as sentence-transformers does (cosines)."""
+    """The packaged MiniLM as an fp32 teacher embeds as sentence-transformers does."""
     from sentence_transformers import SentenceTransformer
 
     folder = require_packaged_model("all-minilm-l6-v2")
     texts = ["A man is playing a guitar.", "A woman is slicing an onion.", "The cat sleeps."]
-    options = DistillOptions(teacher="all-minilm-l6-v2")
+    options = DistillOptions(teacher="all-minilm-l6-v2", teacher_dtype="fp32")
     teacher = prepare_teacher(options, [(texts[:1], texts[1:2], texts[2:])], Distributed())
     ours = teacher.rows((texts[:1], texts[1:2], texts[2:]), torch.device("cpu"))
     ours = torch.nn.functional.normalize(torch.cat(list(ours[:3])), dim=-1).numpy()

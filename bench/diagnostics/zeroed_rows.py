@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -39,7 +38,7 @@ from lmembed.data.triplets import load_triplets
 from lmembed.evaluation import STSResult
 from lmembed.io import atomic_directory, atomic_write_json, cache_root
 from lmembed.model.embedder import Embedder
-from lmembed.model.gguf_cache import SOURCE_FILE
+from lmembed.model.gguf_cache import SOURCE_FILE, copy_all_but_weights
 from lmembed.model.loading import resolve
 
 MODEL = "gemma-3-270m"
@@ -90,9 +89,7 @@ def write_zeroed(embedder: Embedder, source: Path, target: Path, keep: set[int])
     original = weight.detach().clone()
     with torch.no_grad(), atomic_directory(target) as tmp:
         weight[drop] = 0
-        for file in source.iterdir():  # config and tokenizer; not the GGUF cache marker
-            if file.suffix != ".safetensors" and file.name != SOURCE_FILE:
-                shutil.copy2(file, tmp / file.name)
+        copy_all_but_weights(source, tmp, skip=(SOURCE_FILE,))  # not the GGUF cache marker
         save_model(embedder.model, str(tmp / "model.safetensors"))
         weight.copy_(original)
 
@@ -104,24 +101,31 @@ def built_rows(folder: Path) -> set[int] | None:
     return zeroed_rows(AutoModel.from_pretrained(folder, dtype=torch.float32))
 
 
-def task_counts(embedder: Embedder, zeroed: set[int]) -> dict[str, dict]:
+def task_ids(embedder: Embedder) -> dict[str, list[list[int]]]:
+    """Per scored task, the token ids of its first sentences, then its second ones."""
+    tasks = {name: load_sts(name, data_dir()) for name in SCORED}
+    return {name: embedder.tokenize([*t.sentences1, *t.sentences2]) for name, t in tasks.items()}
+
+
+def task_counts(
+    embedder: Embedder, ids_by_task: dict[str, list[list[int]]], zeroed: set[int]
+) -> dict[str, dict]:
     """Per scored task: texts and pairs holding a zeroed token, and the commonest of them."""
     counts = {}
-    for name in SCORED:
-        task = load_sts(name, data_dir())
-        ids = embedder.tokenize([*task.sentences1, *task.sentences2])
+    for name, ids in ids_by_task.items():
+        half = len(ids) // 2  # pairs
         hits = zeroed_tokens(ids, zeroed)
         hit = [bool(h) for h in hits]
         tokens, dropped = sum(map(len, ids)), sum(map(len, hits))
-        pairs = sum(a or b for a, b in zip(hit[: len(task)], hit[len(task) :], strict=True))
+        pairs = sum(a or b for a, b in zip(hit[:half], hit[half:], strict=True))
         common = Counter(i for row in hits for i in row).most_common(SHOWN)
         counts[name] = {
             "texts": len(hit),
             "texts_with_zeroed": sum(hit),
             "text_share": round(sum(hit) / len(hit), 4),
-            "pairs": len(task),
+            "pairs": half,
             "pairs_with_zeroed": pairs,
-            "pair_share": round(pairs / len(task), 4),
+            "pair_share": round(pairs / half, 4),
             "tokens": tokens,  # BOS and EOS included
             "tokens_zeroed": dropped,
             "token_share": round(dropped / tokens, 4),
@@ -166,6 +170,7 @@ def main() -> None:
     embedder = Embedder.from_pretrained(MODEL, dtype="fp32")
     vocab = embedder.model.get_input_embeddings().weight.shape[0]
     original = zeroed_rows(embedder.model)  # rows the packaged model has at zero already
+    ids_by_task = task_ids(embedder)
     variants = {}
     for name, texts in variant_texts().items():
         keep = used_ids(embedder, texts)
@@ -180,7 +185,7 @@ def main() -> None:
             "texts": len(texts),
             "ids_used": len(keep),
             "rows_zero": len(zeroed),
-            "tasks": task_counts(embedder, zeroed),
+            "tasks": task_counts(embedder, ids_by_task, zeroed),
         }
         for task, row in variants[name]["tasks"].items():
             print(f"  {task:9s} {summary(row)}")

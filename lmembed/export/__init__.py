@@ -89,11 +89,12 @@ def export(
         st_prompts(spec)  # fail before loading the model
     embedder = Embedder.from_spec(spec.replace(dtype="fp32"))  # merges LoRA in fp32
     if kind == "gguf":
+        weights = quantize or "f16"
 
         def gguf_card(folder: Path) -> None:
-            _write_card(folder, spec, kind, results, quantize=quantize or "f16")
+            _write_card(folder, spec, kind, results, quantize=weights)
 
-        return write_gguf(embedder, output, quantize or "f16", gguf_card)
+        return write_gguf(embedder, output, weights, gguf_card)
     embedder.model.to(DTYPES[spec.dtype])
     embedder.spec = spec
     if kind == "merged":

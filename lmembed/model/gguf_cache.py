@@ -98,10 +98,16 @@ def write_cast_copy(folder: Path, target: Path, dtype: str) -> None:
     so) and saved to ``target`` with the rest of the folder."""
     model = AutoModel.from_pretrained(folder, dtype=DTYPES[dtype])
     with atomic_directory(target) as tmp:
-        for file in folder.iterdir():
-            if file.suffix != ".safetensors":
-                shutil.copy2(file, tmp / file.name)
+        copy_all_but_weights(folder, tmp)
         save_model(model, str(tmp / "model.safetensors"))
+
+
+def copy_all_but_weights(folder: Path, target: Path, skip: tuple[str, ...] = ()) -> None:
+    """Copy ``folder``'s config, tokenizer and other files (not ``*.safetensors``, not
+    ``skip``) into ``target``, for a copy of the model with other weights."""
+    for file in folder.iterdir():
+        if file.suffix != ".safetensors" and file.name not in skip:
+            shutil.copy2(file, target / file.name)
 
 
 def _without_quantization(config: dict) -> dict:

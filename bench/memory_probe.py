@@ -6,7 +6,9 @@ phase to ``LOG`` (``LOG.rank<N>`` under torchrun): the phase, its peak RSS (Linu
 peak is exact, not sampled), the RSS at its end, the largest peak of any child process so
 far (the GGUF conversion runs in one), and the texts and tokens of a training step.
 Phases are marked by wrapping lmembed's own functions (model conversion and loading, LoRA,
-each optimizer step, evaluation, saving, export, encoding); nothing in lmembed changes.
+each optimizer step, evaluation, saving, export, encoding); nothing in lmembed changes,
+except that ``LMEMBED_PROBE_KEEP_FREED=1`` makes the trainer keep freed memory in glibc's heap
+(``lmembed.system.return_freed_memory`` skipped), as it did before it returned it.
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ def instrument(log: PhaseLog) -> None:
         return loss
 
     trainer.forward_backward = step
+    if os.environ.get("LMEMBED_PROBE_KEEP_FREED") == "1":
+        trainer.return_freed_memory = lambda: None
 
 
 def main(argv: list[str]) -> None:

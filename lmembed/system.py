@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import platform
 import re
@@ -29,6 +31,37 @@ def native_bf16() -> bool:
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+# oneDNN's default, 1,024 kernels, keeps one set per input shape; batches of varying length
+# then grow a process by megabytes a step for as long as new lengths come
+# (bench/bench_step_memory.py measures capacities against steps per second).
+ONEDNN_CACHE_CAPACITY = 64
+
+
+def bound_kernel_cache() -> None:
+    """Cap oneDNN's cache of compiled kernels (bf16 matmuls on a CPU) unless the user set
+    ``ONEDNN_PRIMITIVE_CACHE_CAPACITY``; oneDNN reads it at its first kernel, so this runs
+    when lmembed is imported."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_CACHE_CAPACITY))
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): their allocators return memory themselves
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+def return_freed_memory() -> None:
+    """Hand the free pages of glibc's heap back to the OS (``malloc_trim``). A training step
+    frees hundreds of MB of activations of a batch-dependent shape; glibc keeps them
+    scattered in its heap, so without this a process's RSS climbs for dozens of steps."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def accelerator() -> torch.device | None:

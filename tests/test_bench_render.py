@@ -36,6 +36,7 @@ SECTIONS = [
     ("bench_server", ("server", "server_load"), "Embeddings server"),
     ("bench_serving", "serving", "Serving: lmembed against infinity-emb"),
     ("bench_sizes", "sizes", "Quality against size"),
+    ("bench_step_memory", "step_memory", "Training memory over steps"),
     ("bench_step_options", "step_options", "Training-step candidates"),
     ("bench_train", "train", "Training throughput and memory"),
 ]

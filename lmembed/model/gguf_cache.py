@@ -9,10 +9,10 @@ start (for gemma-3-270m, a 2.3 GB peak instead of 1 GB). Rounding once when the 
 written is the same rounding as at every load.
 
 Both copies are written by ``python -m lmembed.model.gguf_cache`` in a child process.
-Dequantising gemma-3-270m passes through about 3 GB of temporaries (its 262k x 640
-embedding matrix in fp32, more than once), and glibc keeps most of what is freed in the
-process's heap: a process that converted in place would carry over 1 GB it no longer uses
-into the training or serving that follows.
+Dequantising gemma-3-270m passes through 2-3 GB (the fp32 weights, gguf's reader with a
+numpy view per tokenizer entry, and copies of the 262k x 640 embedding matrix), and glibc
+keeps most of what is freed in the process's heap: a process that converted in place would
+carry over 1 GB it no longer uses into the training or serving that follows.
 """
 
 from __future__ import annotations
@@ -22,9 +22,15 @@ import logging
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import gguf
+import numpy as np
 import torch
+import transformers.modeling_gguf_pytorch_utils as gguf_loading
 from safetensors.torch import save_file, save_model
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
@@ -85,12 +91,58 @@ def write_gguf_cache(gguf: Path, folder: Path) -> None:
     config.dtype = torch.float32  # what the tensors hold
     with torch.device("meta"):
         skeleton = AutoModel.from_config(config)
-    parsed = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=skeleton)
+    with _dequantising_in_place():
+        parsed = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=skeleton)
     with atomic_directory(folder) as tmp:
         save_file(parsed.pop("tensors"), str(tmp / "model.safetensors"))
         config.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
         atomic_write_json(tmp / SOURCE_FILE, {"gguf": str(gguf.resolve())})
+
+
+DEQUANTISE_ROWS = 4096  # rows of a tensor dequantised at once (2.6 MB of gemma's embedding)
+
+
+def dequantise_by_rows(data: np.ndarray, qtype: Any, rows: int = DEQUANTISE_ROWS) -> np.ndarray:
+    """``gguf.dequantize(data, qtype)``, ``rows`` rows at a time into one array: gguf's own
+    keeps every dequantised group of rows before it joins them, so a tensor twice."""
+    if data.ndim < 2 or data.shape[0] <= rows:
+        return _WHOLE_DEQUANTIZE(data, qtype)
+    first = _WHOLE_DEQUANTIZE(data[:rows], qtype)
+    out = np.empty((data.shape[0], *first.shape[1:]), dtype=first.dtype)
+    out[:rows] = first
+    for start in range(rows, data.shape[0], rows):
+        out[start : start + rows] = _WHOLE_DEQUANTIZE(data[start : start + rows], qtype)
+    return out
+
+
+_WHOLE_DEQUANTIZE = gguf.dequantize
+
+
+class _NumpyKeepingFreshArrays:
+    """numpy for transformers' GGUF loader, whose ``np.copy`` of every dequantised array
+    would hold the largest tensor twice: an array that owns its memory (fresh from
+    dequantisation) is passed on as it is; views of the file are still copied."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+    @staticmethod
+    def copy(array: Any, *args: Any, **kwargs: Any) -> Any:
+        fresh = isinstance(array, np.ndarray) and array.flags.owndata and array.flags.writeable
+        return array if fresh and not args and not kwargs else np.copy(array, *args, **kwargs)
+
+
+@contextmanager
+def _dequantising_in_place() -> Iterator[None]:
+    """transformers' GGUF loader with ``dequantise_by_rows`` and no copies of fresh arrays:
+    the same values, a peak lower by twice the embedding matrix (it reads
+    ``gguf.dequantize`` and ``np`` when it runs; both are put back after)."""
+    gguf.dequantize, gguf_loading.np = dequantise_by_rows, _NumpyKeepingFreshArrays()
+    try:
+        yield
+    finally:
+        gguf.dequantize, gguf_loading.np = _WHOLE_DEQUANTIZE, np
 
 
 def write_cast_copy(folder: Path, target: Path, dtype: str) -> None:

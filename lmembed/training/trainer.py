@@ -31,7 +31,7 @@ from lmembed.model.embedder import Embedder
 from lmembed.model.loading import load_backbone
 from lmembed.model.lora import attach_lora, load_adapter
 from lmembed.model_card import write_card
-from lmembed.system import accelerator
+from lmembed.system import accelerator, return_freed_memory
 from lmembed.training.averaging import ExponentialAverage
 from lmembed.training.checkpoint import TrainingState
 from lmembed.training.config import TrainConfig
@@ -327,6 +327,7 @@ def _train(
         fault_point("optimizer_step")
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        return_freed_memory()
 
         done = step + 1
         rate = len(batch) / (time.perf_counter() - tick)

@@ -28,7 +28,7 @@ from lmembed import Embedder
 from lmembed.cli import ExportOptions, main
 from lmembed.export import ExportError, export
 from lmembed.export.gguf import GGUF_FILE, source_gguf
-from lmembed.model.gguf_cache import _without_quantization, gguf_cache
+from lmembed.model.gguf_cache import _without_quantization, dequantise_by_rows, gguf_cache
 from lmembed.model_card import QUANTIZE_TEXT
 from lmembed.options import literal_choices
 
@@ -266,3 +266,13 @@ def test_gguf_cache_holds_what_from_pretrained_loads(arch, tmp_path, monkeypatch
 
 def without_path(config) -> dict:
     return {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+
+
+@pytest.mark.parametrize("qtype", [gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.F16])
+def test_dequantising_by_rows_gives_gguf_values(qtype):
+    """The conversion's row-chunked dequantisation (chunks of 7 rows here, uneven at the end)
+    equals gguf's whole-tensor one."""
+    weights = np.random.default_rng(0).standard_normal((45, 64)).astype(np.float32)
+    data = gguf.quantize(weights, qtype)
+    whole = gguf.dequantize(data, qtype)
+    assert np.array_equal(dequantise_by_rows(data, qtype, rows=7), whole)

@@ -337,3 +337,19 @@ def test_eager_and_sdpa_attention_give_the_same_vectors_and_gradients(
         # must agree to float32 rounding, where a wrong mask would be off by O(1).
         reference = results["eager"][1][name]
         assert (grad - reference).norm() <= 1e-5 * reference.norm(), name
+
+
+def test_freed_memory_goes_back_after_every_step_and_changes_nothing(
+    tiny_llama, triplets_csv, tmp_path, monkeypatch
+):
+    adapters, calls = {}, []
+    for release in (True, False):
+        returned = trainer_module.return_freed_memory if release else (lambda: None)
+        monkeypatch.setattr(trainer_module, "return_freed_memory",
+                            lambda f=returned: (calls.append(release), f()))  # fmt: skip
+        output = tmp_path / str(release)
+        train(_config(tiny_llama, triplets_csv, output, save_every=0))
+        adapters[release] = load_file(output / "adapter_model.safetensors")
+    assert calls == [True] * 4 + [False] * 4  # one per step
+    for key, value in adapters[True].items():
+        torch.testing.assert_close(adapters[False][key], value, rtol=0, atol=0)

@@ -66,7 +66,7 @@ def step_records(records: list[dict]) -> list[dict]:
 def step_seconds(records: list[dict]) -> float:
     """Median seconds from one step's end to the next's, steps 2 onward."""
     times = [r["t"] for r in step_records(records)]
-    return statistics.median(b - a for a, b in zip(times, times[1:]))
+    return statistics.median(b - a for a, b in zip(times[:-1], times[1:], strict=True))
 
 
 def summarise(records: list[dict]) -> dict:

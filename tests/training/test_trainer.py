@@ -346,7 +346,7 @@ def test_freed_memory_goes_back_after_every_step_and_changes_nothing(
     for release in (True, False):
         returned = trainer_module.return_freed_memory if release else (lambda: None)
         monkeypatch.setattr(trainer_module, "return_freed_memory",
-                            lambda f=returned: (calls.append(release), f()))  # fmt: skip
+                            lambda f=returned, r=release: (calls.append(r), f()))  # fmt: skip
         output = tmp_path / str(release)
         train(_config(tiny_llama, triplets_csv, output, save_every=0))
         adapters[release] = load_file(output / "adapter_model.safetensors")

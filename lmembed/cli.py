@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lmembed.backends import BackendOptions
 from lmembed.backends.errors import Quantize
 from lmembed.evaluation.sizes import SizeOptions
@@ -151,9 +153,16 @@ class Request:
 
 
 def _load(request: Request) -> Any:
-    """The embedder the embedding flags describe, on the ``--backend`` engine."""
+    """The embedder the embedding flags describe, on the ``--backend`` engine.
+
+    ONNX Runtime and OpenVINO run the model on threads of their own, and torch then only
+    pads and pools small tensors: on one thread, so that torch's OpenMP workers do not wait
+    for cores the engine's threads hold.
+    """
     from lmembed.backends import load_encoder
 
+    if request.engine.backend != "torch":
+        torch.set_num_threads(1)
     return load_encoder(request.spec, **dataclasses.asdict(request.engine))
 
 

@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import pytest
+import torch
 
 from lmembed import cli
 from lmembed.backends import BackendOptions
@@ -211,3 +212,18 @@ def test_eval_compare_base_beside_engine_flags(tiny_llama, tmp_path):
     scores = json.loads(out.read_text())
     assert scores["base"]["model"] == str(tiny_llama) and scores["base"]["adapter"] is None
     assert scores["adapter"] == adapter
+
+
+@pytest.mark.parametrize(("backend", "threads"), [("openvino", 1), ("onnx", 1), ("torch", 2)])
+def test_a_runtime_engine_leaves_torch_one_thread(monkeypatch, tmp_path, backend, threads):
+    """With ONNX Runtime or OpenVINO running the model, torch's pooling runs on one thread;
+    the torch engine keeps torch's threads."""
+    monkeypatch.setattr("lmembed.backends.load_encoder", lambda spec, **engine: None)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cli._load(cli.request(cli.build_parser().parse_args(
+            ["eval", "--model", str(tmp_path), "--backend", backend])))  # fmt: skip
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)

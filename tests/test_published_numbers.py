@@ -59,3 +59,15 @@ def test_the_gpu_carry_table_comes_from_its_result_files():
     from bench.diagnostics.zeroed_rows import table
 
     assert table() in (ROOT / "docs" / "quality.md").read_text(encoding="utf-8")
+
+
+def test_the_training_guide_quotes_the_step_memory_results():
+    """docs/training.md's before/after peak over steps: the first and the default variant
+    of bench/results/step_memory.json (medians over its processes)."""
+    import statistics
+
+    runs = json.loads((ROOT / "bench" / "results" / "step_memory.json").read_text())["runs"]
+    before, after = (statistics.median(r["peak_mb"] for r in runs[name])
+                     for name in (next(iter(runs)), next(n for n in runs if "default" in n)))  # fmt: skip
+    guide = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    assert f"peak {before:,.0f} MB before, {after:,.0f} MB after" in guide

@@ -23,7 +23,7 @@ from lmembed.evaluation.retrieval import RetrievalResult, evaluate_retrieval
 from lmembed.evaluation.sts import format_score
 from lmembed.io import atomic_write_bytes, atomic_write_text
 from lmembed.model.embedder import Embedder
-from lmembed.system import machine_summary
+from lmembed.system import machine_summary, return_freed_memory
 from lmembed.training.config import TrainConfig
 from lmembed.training.run_dir import RunDir
 from lmembed.training.trainer import train
@@ -112,7 +112,9 @@ def run_demo(
     base, base_search = score(base_embedder, "before"), search(base_embedder, "before")
     del base_embedder
     baseline = score(Embedder.from_pretrained(BASELINE_MODEL, dtype="fp32"), "baseline")
+    return_freed_memory()  # what the base model and MiniLM freed, before training
     trained = train(config)
+    return_freed_memory()  # the trainer's model, before the tuned one loads
     tuned = Embedder.from_pretrained(adapter=trained.output)
     after, after_search = score(tuned, "after"), search(tuned, "after")
 

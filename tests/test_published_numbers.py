@@ -71,3 +71,14 @@ def test_the_training_guide_quotes_the_step_memory_results():
                      for name in (next(iter(runs)), next(n for n in runs if "default" in n)))  # fmt: skip
     guide = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
     assert f"peak {before:,.0f} MB before, {after:,.0f} MB after" in guide
+
+
+def test_the_readme_gives_the_demos_peak_memory_from_the_memory_results():
+    """The README's demo line: the peak of `lmembed demo` from an empty cache, in
+    bench/results/memory.json (`python -m bench.bench_memory`)."""
+    from bench.bench_memory import peak
+
+    runs = json.loads((ROOT / "bench" / "results" / "memory.json").read_text())["runs"]
+    demo = next(records for name, records in runs.items() if name.startswith("demo"))
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"peak memory {peak(demo):,.0f} MB" in readme

@@ -19,7 +19,7 @@ import torch
 
 from lmembed.data import ALL_TASKS
 from lmembed.evaluation.sts import STSResult
-from lmembed.experiments.sweep import MANAGED, Sweep, embedding_key, read_record, show_value
+from lmembed.experiments.sweep import LOCATIONS, Sweep, embedding_key, read_record, show_value
 from lmembed.io import atomic_write_bytes, atomic_write_text
 from lmembed.system import machine_summary
 from lmembed.training.config import TrainConfig
@@ -272,7 +272,7 @@ def _setting_text(sweep: Sweep) -> str:
 def _options_text(config: TrainConfig) -> str:
     """The options that differ from ``TrainConfig``'s defaults (the paper's)."""
     defaults = TrainConfig().to_dict()
-    changed = {k: v for k, v in config.to_dict().items() if v != defaults[k] and k not in MANAGED}
+    changed = {k: v for k, v in config.to_dict().items() if v != defaults[k] and k not in LOCATIONS}
     return ", ".join(f"{k}={show_value(v)}" for k, v in changed.items()) or "the paper's defaults"
 
 

@@ -43,6 +43,8 @@ SWEEP_KEYS = (
 STUDY_KEYS = ("grid", "runs")
 # Set by the runner for every run; a sweep file may not choose them.
 MANAGED = ("output", "resume")
+# Where a run reads and writes, not what it does: left out when runs are compared.
+LOCATIONS = (*MANAGED, "eval_data_dir")
 DEFAULT_FOLDER = "default"
 
 
@@ -227,7 +229,10 @@ def _plan(sweep: Sweep, base_values: dict[str, Any], studies: dict[str, dict[str
             if key not in folders:
                 folders[key] = _free_folder(sweep, study, name)
             folder = folders[key]
-            sweep.configs[folder] = config.replace(output=str(sweep.run_dir(folder)), resume=True)
+            where: dict[str, Any] = {"output": str(sweep.run_dir(folder)), "resume": True}
+            if config.evaluation.eval_data_dir is None:  # scoring while training: sweep's data
+                where["eval_data_dir"] = str(sweep.data_dir)
+            sweep.configs[folder] = config.replace(**where)
             sweep.settings.append(Setting(study, name, overrides, folder))
     for folder, config in sweep.configs.items():
         _check_previous(sweep.run_dir(folder), config)
@@ -297,7 +302,7 @@ def _slug(text: str) -> str:
 
 
 def _config_key(config: TrainConfig) -> str:
-    values = {k: v for k, v in config.to_dict().items() if k not in MANAGED}
+    values = {k: v for k, v in config.to_dict().items() if k not in LOCATIONS}
     return json.dumps(values, sort_keys=True)
 
 
@@ -318,7 +323,7 @@ def _check_previous(folder: Path, config: TrainConfig) -> None:
         return
     old = {**OPTION_DEFAULTS, **json.loads(path.read_text(encoding="utf-8"))}
     new = config.to_dict()
-    changed = [k for k in new if k not in MANAGED and old.get(k) != new[k]]
+    changed = [k for k in new if k not in LOCATIONS and old.get(k) != new[k]]
     if changed:
         details = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
         raise ValueError(

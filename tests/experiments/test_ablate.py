@@ -153,6 +153,29 @@ def test_a_run_saved_before_an_option_existed_still_matches(finished, tmp_path):
         load_sweep(changed, copy)
 
 
+def test_scoring_during_training_reads_the_sweeps_data_dir(
+    tiny_llama, nli_csv, sts_dir, tmp_path, monkeypatch
+):
+    """``eval_every`` scores stsb-dev by default; with the data dir given to the sweep only
+    (no $LMEMBED_DATA_DIR) the runs find it there, and a folder from before still resumes."""
+    monkeypatch.delenv("LMEMBED_DATA_DIR", raising=False)
+    data = tmp_path / "data"
+    shutil.copytree(sts_dir, data)
+    shutil.copy(data / "sts" / "stsb_test.tsv", data / "sts" / "stsb_dev.tsv")
+    config = sweep_dict(tiny_llama, nli_csv, data, {"lr": {"grid": {"lr": [1e-3]}}})
+    config["base"]["eval_every"] = 1
+    run_ablation(config, tmp_path / "out")
+    run = tmp_path / "out" / "runs" / "default"
+    assert json.loads((run / "result.json").read_text())["status"] == "ok"
+    steps = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2] and all("stsb-dev" in s["metrics"] for s in steps)
+    saved = json.loads((run / "train_config.json").read_text())
+    assert saved["eval_data_dir"] == str(data)
+    saved["eval_data_dir"] = None  # as a sweep saved it before the runner filled it in
+    (run / "train_config.json").write_text(json.dumps(saved))
+    load_sweep(config, tmp_path / "out")
+
+
 # ----------------------------------------------------------------- a finished sweep
 
 

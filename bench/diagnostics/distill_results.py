@@ -1,0 +1,179 @@
+"""Issue 34's distillation study: publish its runs into ``docs/results/distill`` and render
+docs/quality.md's tables from those files (tests/test_published_numbers.py checks them).
+
+The runs are made by the commands in ``ablations/cpu-distill.yaml`` (the STSb dev sweep,
+then the same runs on the nine test sets) and ``lmembed eval --tasks stsb-paraphrase`` on
+each adapter and on all-MiniLM-L6-v2 (``--output runs/distill-retrieval/<run>.json``):
+
+    python -m bench.diagnostics.distill_results --time-teacher  # teacher-cold.json
+    python -m bench.diagnostics.distill_results --publish   # copy runs/ into docs/results
+    python -m bench.diagnostics.distill_results             # print the tables
+
+The sweep's teacher runs share one teacher cache, so only the first pays for its texts;
+``--time-teacher`` measures each teacher run's encoding from an empty cache (a temporary
+``$LMEMBED_CACHE``), which is what each run costs on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+
+from bench.common import ROOT, data_dir
+from lmembed.data.sts import ALL_TASKS
+from lmembed.evaluation import STSResult
+from lmembed.experiments.sweep import load_sweep, read_record
+from lmembed.io import atomic_write_json
+from lmembed.training.distributed import Distributed
+from lmembed.training.teacher import prepare_teacher
+from lmembed.training.trainer import training_batches
+
+SWEEP = ROOT / "ablations" / "cpu-distill.yaml"
+RESULTS = ROOT / "docs" / "results" / "distill"
+TEACHER_NINE = ROOT / "docs" / "results" / "baselines" / "all-minilm-l6-v2-nine.json"
+TEACHER_RETRIEVAL = "all-minilm-l6-v2-stsb-paraphrase.json"
+ARMS = {  # run-name prefix -> row label
+    "recipe": "30-minute recipe, no teacher (140 steps)",
+    "teacher": "with the MiniLM teacher (138 steps)",
+}
+SEEDS = (42, 7, 1234)
+COPIED = ("eval.jsonl", "log.jsonl", "train_config.json", "teacher.json")
+
+
+def publish(dev: Path, nine: Path, retrieval: Path, target: Path = RESULTS) -> None:
+    """Copy each run's scores (STSb dev, nine tasks, paraphrase retrieval), its curves and
+    options into ``target/<run name>/``; raises if a run has not finished."""
+    sweep = load_sweep(SWEEP, dev, data_dir=data_dir())
+    for setting in sweep.settings:
+        out = target / setting.name
+        out.mkdir(parents=True, exist_ok=True)
+        for sweep_dir, name in ((dev, "stsb-dev.json"), (nine, "nine.json")):
+            record = read_record(sweep_dir / "runs" / setting.folder / "result.json")
+            if record is None or record["status"] != "ok":
+                raise SystemExit(f"{sweep_dir}: run {setting.folder} has not finished")
+            STSResult.from_dict(record["eval"]).save(out / name)
+        trained = read_record(dev / "runs" / setting.folder / "result.json")
+        summary = {k: trained[k] for k in ("steps_done", "final_loss", "train_s", "finished_at")}
+        atomic_write_json(out / "run.json", summary)
+        shutil.copy(retrieval / f"{setting.folder}.json", out / "stsb-paraphrase.json")
+        for name in COPIED:
+            source = dev / "runs" / setting.folder / name
+            if source.is_file():
+                shutil.copy(source, out / name)
+    shutil.copy(retrieval / "all-minilm-l6-v2.json", target / TEACHER_RETRIEVAL)
+    shutil.copy(dev / "report.md", target / "stsb-dev-report.md")
+    shutil.copy(nine / "report.md", target / "nine-report.md")
+
+
+def time_teacher(target: Path = RESULTS) -> dict[str, dict]:
+    """Each teacher run's texts embedded from an empty cache: ``target/teacher-cold.json``."""
+    from lmembed.data.training import load_training_data
+
+    sweep = load_sweep(SWEEP, ROOT / "runs" / "distill", data_dir=data_dir())
+    timings = {}
+    for setting in sweep.settings:
+        config = sweep.configs[setting.folder]
+        if config.distill.teacher is None:
+            continue
+        batches = training_batches(config, load_training_data(config.dataset), config.steps)
+        with tempfile.TemporaryDirectory() as empty:
+            os.environ["LMEMBED_CACHE"] = empty
+            try:
+                teacher = prepare_teacher(config.distill, batches, Distributed())
+            finally:
+                del os.environ["LMEMBED_CACHE"]
+        timings[setting.name] = {**teacher.summary(), "cache": "(empty, temporary)"}
+    atomic_write_json(target / "teacher-cold.json", timings)
+    return timings
+
+
+def _nine(run: str, results: Path) -> STSResult:
+    return STSResult.load(results / run / "nine.json")
+
+
+def _cells(scores: dict[str, float]) -> str:
+    return " | ".join(f"{scores[task]:.2f}" for task in ALL_TASKS)
+
+
+def nine_task_table(results: Path = RESULTS) -> str:
+    """Per seed and the 3-seed mean (± sd of the average) for each arm, and the teacher."""
+    lines = [f"| | {' | '.join(ALL_TASKS)} | **avg 9** |", "|---|" + "---:|" * 10]
+    for arm, label in ARMS.items():
+        runs = [_nine(f"{arm}-s{seed}", results) for seed in SEEDS]
+        for seed, result in zip(SEEDS, runs, strict=True):
+            scores = {task: result.score(task) for task in ALL_TASKS}
+            lines.append(f"| {label}, seed {seed} | {_cells(scores)} | "
+                         f"**{result.score('average'):.2f}** |")  # fmt: skip
+        means = {t: statistics.mean(r.score(t) for r in runs) for t in ALL_TASKS}
+        averages = [r.score("average") for r in runs]
+        lines.append(f"| **{label}, mean** | {_cells(means)} | **{statistics.mean(averages):.2f}"
+                     f" ± {statistics.stdev(averages):.2f}** |")  # fmt: skip
+    teacher = STSResult.load(TEACHER_NINE)
+    scores = {task: teacher.score(task) for task in ALL_TASKS}
+    lines.append(f"| all-MiniLM-L6-v2 (the teacher) | {_cells(scores)} | "
+                 f"**{teacher.score('average'):.2f}** |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _ndcg(path: Path) -> float:
+    return json.loads(path.read_text(encoding="utf-8"))["tasks"]["stsb-paraphrase"]["ndcg@10"]
+
+
+def summary_table(results: Path = RESULTS) -> str:
+    """Per arm, 3-seed means: STSb dev (the selection set), the nine-task average, tasks
+    above the teacher, paraphrase retrieval, and the time the runs took."""
+    teacher = STSResult.load(TEACHER_NINE)
+    cold = json.loads((results / "teacher-cold.json").read_text(encoding="utf-8"))
+    cold_arms = {name.rsplit("-s", 1)[0] for name in cold}
+    lines = [
+        "| | STSb dev | avg 9 | tasks above MiniLM (of 9, on the mean) | stsb-paraphrase "
+        "NDCG@10 | steps | summed step time (s) | teacher encoding (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for arm, label in ARMS.items():
+        names = [f"{arm}-s{seed}" for seed in SEEDS]
+        dev = statistics.mean(STSResult.load(results / n / "stsb-dev.json").score("stsb-dev")
+                              for n in names)  # fmt: skip
+        nine = [_nine(n, results) for n in names]
+        above = sum(statistics.mean(r.score(t) for r in nine) > teacher.score(t) for t in ALL_TASKS)
+        ndcg = statistics.mean(_ndcg(results / n / "stsb-paraphrase.json") for n in names)
+        runs = [json.loads((results / n / "run.json").read_text()) for n in names]
+        train_s = statistics.mean(r["train_s"] for r in runs)
+        shown = (
+            "–"
+            if arm not in cold_arms
+            else f"{statistics.mean(cold[n]['seconds'] for n in names):.1f}"
+        )
+        lines.append(
+            f"| {label} | {dev:.2f} | {statistics.mean(r.score('average') for r in nine):.2f} | "
+            f"{above} | {ndcg:.2f} | {runs[0]['steps_done']} | {train_s:.0f} | {shown} |"
+        )
+    ndcg = _ndcg(results / TEACHER_RETRIEVAL)
+    lines.append(f"| all-MiniLM-L6-v2 (the teacher) | | {teacher.score('average'):.2f} | | "
+                 f"{ndcg:.2f} | | | |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--time-teacher", action="store_true", help="time cold teacher fills")
+    parser.add_argument("--publish", action="store_true", help="copy the runs first")
+    parser.add_argument("--dev", type=Path, default=ROOT / "runs" / "distill")
+    parser.add_argument("--nine", type=Path, default=ROOT / "runs" / "distill-nine")
+    parser.add_argument("--retrieval", type=Path, default=ROOT / "runs" / "distill-retrieval")
+    args = parser.parse_args()
+    if args.time_teacher:
+        print(json.dumps(time_teacher(), indent=1))
+        return
+    if args.publish:
+        publish(args.dev, args.nine, args.retrieval)
+    print(summary_table(), nine_task_table(), sep="\n\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -83,3 +83,12 @@ def test_the_readme_gives_the_demos_peak_memory_from_the_memory_results():
     demo = next(records for name, records in runs.items() if name.startswith("demo"))
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert f"peak memory {peak(demo):,.0f} MB" in readme
+
+
+def test_the_distillation_tables_come_from_their_result_files():
+    """docs/quality.md's distillation study: STSb dev, nine tasks, retrieval, time."""
+    from bench.diagnostics.distill_results import nine_task_table, summary_table
+
+    quality = (ROOT / "docs" / "quality.md").read_text(encoding="utf-8")
+    assert summary_table() in quality
+    assert nine_task_table() in quality

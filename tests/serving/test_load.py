@@ -23,6 +23,7 @@ from lmembed.serving.loadtest import (
     accepted_latency_bound_s,
     check_load,
     check_shutdown,
+    connected,
     encode_reference,
     make_requests,
     run_load,
@@ -109,6 +110,25 @@ def test_a_time_bounded_load_sends_a_prefix_of_the_requests_within_the_bound(emb
     sent = [o.sent_at for o in outcomes]
     assert max(sent) - min(sent) <= 0.5
     assert check_load(outcomes, encode_reference(embedder, requests)) == []
+
+
+def test_clients_connect_before_the_clock_and_leave_a_dead_server_to_the_round():
+    """``run_load`` opens each client's connection before it starts timing (an accept
+    burst inside a short round was most of its p99); a server that refuses is reported
+    by the round's own requests, not by this."""
+    paths = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        return httpx.Response(200)
+
+    client = httpx.Client(base_url="http://server", transport=httpx.MockTransport(answer))
+    assert connected(client) is client and paths == ["/health"]
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    connected(httpx.Client(base_url="http://server", transport=httpx.MockTransport(refuse)))
 
 
 def _round_trip_s(base: str, body: dict, statistic=max, times: int = 5) -> float:

@@ -2,9 +2,12 @@
 
 The model is not thread-safe (nor is a fast tokenizer whose truncation settings
 change per call), so every encode runs in a single worker thread. The worker
-takes the oldest request, then keeps collecting requests for the batch window (or
-until ``max_batch_inputs`` texts), encodes each role's requests at once and splits
-the rows back. A padded batch of 16 sentences costs far less than 16
+takes the oldest request and every request queued behind it, then keeps collecting
+for the batch window if one is set (up to ``max_batch_inputs`` texts), encodes each
+role's requests at once and splits the rows back. With no window (the default) this
+is continuous batching, as text-embeddings-inference does it: requests that arrive
+while the model runs wait for it and form the next batch, and a lone request on an
+idle server waits for nothing. A padded batch of 16 sentences costs far less than 16
 single-sentence forward passes, which is where the throughput comes from.
 
 One bad text must not fail the strangers it was batched with. When a batch fails,

@@ -20,7 +20,11 @@ class ServerConfig:
         None, "model id in responses (default: the adapter folder name, else the model)"
     )
     batching: bool = option(True, "micro-batch concurrent requests into one encode call")
-    batch_window_ms: float = option(5.0, "how long the worker collects requests into a batch")
+    batch_window_ms: float = option(
+        0.0,
+        "how long the worker, once free, waits for more requests to join the batch (0: it "
+        "takes those already queued; requests that arrive while it encodes form the next)",
+    )
     max_batch_inputs: int = option(128, "most texts in one micro-batch")
     encode_batch_size: int = option(32, "most texts in one forward pass of a micro-batch")
     max_batch_tokens: int | None = option(

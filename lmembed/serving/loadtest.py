@@ -257,13 +257,15 @@ def accepted_latency_bound_s(
     micro-batch in progress plus ``ceil(max_queue / max_batch_inputs)`` more; each is one
     encode call per role (at most three) after at most one batch window. Its answer
     also waits for the event loop to handle the other clients' requests, each client
-    having one in flight. ``call_s``: one encode call of a full micro-batch through HTTP;
-    ``http_s``: one request answered without the model (both measured on the idle
-    server, so they include the HTTP stack and the client).
+    having one in flight, and an accepted request takes two turns of the loop (read and
+    queued; answered once encoded) where a refused one takes one. ``call_s``: one encode
+    call of a full micro-batch through HTTP; ``http_s``: one request answered without the
+    model (both measured on the idle server, so they include the HTTP stack and the
+    client).
     """
     batches = 1 + math.ceil(config.max_queue / config.max_batch_inputs)
     queue_s = batches * (len(ROLES) * call_s + config.batch_window_ms / 1000)
-    return queue_s + clients * http_s
+    return queue_s + 2 * clients * http_s
 
 
 def run_through_shutdown(

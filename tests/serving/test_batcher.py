@@ -1,6 +1,7 @@
 """MicroBatcher on a fake encoder: batching, roles, fault isolation, crashes, bounds, shutdown."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -64,6 +65,23 @@ def test_concurrent_requests_share_one_call_and_get_their_own_rows():
     # The worker took the first request, then collected the other nine in the window.
     assert len(encoder.calls) <= 2
     assert batcher.stats.requests == 10 and batcher.pending_inputs == 0
+
+
+def test_without_a_window_requests_that_wait_for_the_model_form_the_next_batch():
+    """The default (continuous batching): a lone request is encoded at once, and the
+    requests that arrive while the model runs are encoded together in the next call."""
+    gate = threading.Event()
+    encoder = FakeEncoder(gate)
+    batcher = _batcher(encoder)  # batch_window_ms 0
+    first = batcher.submit(["a"])
+    deadline = time.monotonic() + 10
+    while not batcher._current:  # the worker took it alone and waits on the model
+        assert time.monotonic() < deadline
+    waiting = [batcher.submit(["b" * (i + 2)]) for i in range(5)]
+    gate.set()
+    assert _lengths(first) == [1] and [_lengths(f) for f in waiting] == [[2], [3], [4], [5], [6]]
+    batcher.stop()
+    assert [len(texts) for texts, _ in encoder.calls] == [1, 5]
 
 
 def test_roles_are_encoded_in_separate_calls():

@@ -24,9 +24,9 @@ Two more phases:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
-import queue
 import random
 import statistics
 import threading
@@ -128,32 +128,41 @@ def run_load(
     """
     import httpx
 
-    # Built and connected before the clock starts: making a client (its TLS context) costs
-    # more than a request, and 48 threads making theirs at once would show up as latency.
-    clients: queue.SimpleQueue = queue.SimpleQueue()
-    for _ in range(concurrency):
-        clients.put(connected(httpx.Client(base_url=url, timeout=120)))
+    # Every client is built, connected and waiting before the clock starts: making a client
+    # (its TLS context) costs more than a request, and threads starting or a pool being
+    # filled while the first requests are in flight would show up as their latency.
+    clients = [connected(httpx.Client(base_url=url, timeout=120)) for _ in range(concurrency)]
+    outcomes: list[Outcome | None] = [None] * len(requests)
+    numbers = itertools.count()  # the next request to send, shared by the clients
+    ready = threading.Barrier(concurrency + 1)
 
-    def send(request: LoadRequest) -> Outcome | None:
-        if time.perf_counter() > deadline:
-            return None
-        client = clients.get()  # never waits: one client per thread
+    failures: list[BaseException] = []
+
+    def client_loop(client) -> None:
+        ready.wait()
         try:
-            outcome = _send(client, request, api_key)
-        finally:
-            clients.put(client)
-        if back_off and outcome.status == 429 and outcome.retry_after is not None:
-            time.sleep(float(outcome.retry_after))
-        return outcome
+            # The clock is read before a number is drawn, so the requests sent are a prefix.
+            while time.perf_counter() <= deadline and (number := next(numbers)) < len(requests):
+                outcomes[number] = outcome = _send(client, requests[number], api_key)
+                if back_off and outcome.status == 429 and outcome.retry_after is not None:
+                    time.sleep(float(outcome.retry_after))
+        except BaseException as error:  # re-raised by the caller's thread, as map() would
+            failures.append(error)
 
+    threads = [threading.Thread(target=client_loop, args=(c,), daemon=True) for c in clients]
+    for thread in threads:
+        thread.start()
     started = time.perf_counter()
     deadline = started + seconds if seconds is not None else math.inf
-    with ThreadPoolExecutor(concurrency) as workers:
-        outcomes = [outcome for outcome in workers.map(send, requests) if outcome is not None]
+    ready.wait()
+    for thread in threads:
+        thread.join()
     wall_s = time.perf_counter() - started
-    while not clients.empty():
-        clients.get().close()
-    return outcomes, wall_s
+    for client in clients:
+        client.close()
+    if failures:
+        raise failures[0]
+    return [outcome for outcome in outcomes if outcome is not None], wall_s
 
 
 def connected(client):

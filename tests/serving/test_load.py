@@ -99,10 +99,10 @@ def test_check_shutdown_catches_resets_and_runs_that_prove_nothing(embedder):
 
 
 def test_a_time_bounded_load_sends_a_prefix_of_the_requests_within_the_bound(embedder):
-    """``seconds``: requests stop being sent once the time is up (each micro-batch waits
-    at least its 5 ms window, so 3000 requests from 4 clients take seconds); the ones sent
-    are the first ones, in order, and every one of them is answered right."""
-    requests = [LoadRequest("good", {"input": [text]}, 200) for text in POOL * 250]
+    """``seconds``: requests stop being sent once the time is up (12,000 requests from 4
+    clients take seconds); the ones sent are the first ones, in order, and every one of
+    them is answered right."""
+    requests = [LoadRequest("good", {"input": [text]}, 200) for text in POOL * 1000]
     with running(create_app(embedder, ServerConfig())) as base:
         outcomes, _ = run_load(base, requests, concurrency=4, seconds=0.5)
     assert 0 < len(outcomes) < len(requests)

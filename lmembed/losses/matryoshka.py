@@ -44,7 +44,8 @@ def matryoshka_loss(
     loss_fn: LossFn,
     anchors: torch.Tensor,
     positives: torch.Tensor,
-    negatives: torch.Tensor | None,
+    negatives: torch.Tensor | None = None,
+    *,
     dims: Sequence[int],
     weights: Sequence[float] | None = None,
     anchor_candidates: torch.Tensor | None = None,
@@ -86,13 +87,8 @@ class MatryoshkaLoss(torch.nn.Module):
         """Whether the inner loss needs the global batch's anchors (``anchor_candidates``)."""
         return getattr(self.inner, "symmetric", False)
 
-    def forward(
-        self,
-        anchors: torch.Tensor,
-        positives: torch.Tensor,
-        negatives: torch.Tensor | None = None,
-        anchor_candidates: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return matryoshka_loss(
-            self.inner, anchors, positives, negatives, self.dims, self.weights, anchor_candidates
-        )
+    def forward(self, *embeddings: torch.Tensor | None, **candidates: torch.Tensor) -> torch.Tensor:
+        """The wrapped loss's call: (anchors, positives[, negatives]), and for a symmetric
+        inner loss ``anchor_candidates``, each cut to every size."""
+        dims, weights = self.dims, self.weights
+        return matryoshka_loss(self.inner, *embeddings, dims=dims, weights=weights, **candidates)

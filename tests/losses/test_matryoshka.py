@@ -65,7 +65,7 @@ def test_inner_loss_receives_unit_prefixes():
         seen.append((anchors.shape[-1], anchors.norm(dim=-1), negatives))
         return anchors.sum() * 0
 
-    matryoshka_loss(spy, torch.randn(2, 8) * 5, torch.randn(2, 8), None, [8, 2], None)
+    matryoshka_loss(spy, torch.randn(2, 8) * 5, torch.randn(2, 8), None, dims=[8, 2])
     assert [dim for dim, _, _ in seen] == [8, 2]
     for _, norms, negatives in seen:
         torch.testing.assert_close(norms, torch.ones(2))
@@ -75,7 +75,7 @@ def test_inner_loss_receives_unit_prefixes():
 def test_wraps_any_loss_with_several_negatives_per_anchor():
     torch.manual_seed(1)
     q, p, n = torch.randn(2, 8), torch.randn(2, 8), torch.randn(6, 8)
-    got = matryoshka_loss(info_nce, q, p, n, [8, 4], [1, 1])
+    got = matryoshka_loss(info_nce, q, p, n, dims=[8, 4], weights=[1, 1])
     short = info_nce(q[:, :4], p[:, :4], n[:, :4])
     assert got.item() == pytest.approx(info_nce(q, p, n).item() + short.item(), rel=1e-5)
     triplet = MatryoshkaLoss(TripletLoss(0.2), [8])(q, p, n[:2])
@@ -99,7 +99,7 @@ def test_a_symmetric_inner_loss_sees_truncated_anchor_candidates():
 def test_bad_dims_and_weights_are_refused():
     q = torch.randn(2, 8)
     with pytest.raises(ValueError, match="exceed the embedding size 8"):
-        matryoshka_loss(info_nce, q, q, None, [16, 4])
+        matryoshka_loss(info_nce, q, q, dims=[16, 4])
     with pytest.raises(ValueError, match="distinct positive"):
         MatryoshkaLoss(InfoNCELoss(), [8, 8])
     with pytest.raises(ValueError, match="2 matryoshka weights for 3 dims"):

@@ -27,7 +27,9 @@ clients and the server's own HTTP loop on a 2-core machine.
 Then, per model and repeat, each picked server starts alone (never two at once; the order
 rotates every repeat), warms up, embeds the agreement texts and takes closed-loop rounds
 over loopback from 1, 8 and 32 client threads, with requests of 1 and of 32 STSb sentences
-(base64 vectors, as the OpenAI SDK asks by default). A round sends the same requests to
+(base64 vectors, as the OpenAI SDK asks by default). The threads start and connect before
+a round's clock; then each sends its next request when its last is answered
+(``lmembed.serving.loadtest.run_load``). A round sends the same requests to
 both servers and stops sending after ``--seconds`` or ``--max-texts``, whichever comes
 first. Reported: texts/s, p50/p99 latency, the server's RSS (peak over its life, after
 start and after the rounds), the cosine between the two servers' vectors, and per cell
@@ -663,7 +665,9 @@ def render(results: dict) -> str:
         environment_block(
             results["environment"], note=note, target="python -m bench.bench_serving"
         ),
-        "Each server alone on the same cores as its clients (loopback HTTP, base64 vectors). "
+        "Each server alone on the same cores as its clients (loopback HTTP, base64 vectors; "
+        "client threads started and connected before a round's clock, each sending its next "
+        "request when its last is answered). "
         "infinity's torch engine loads `lmembed export --format sentence-transformers` (its "
         "configs rewritten for sentence-transformers 3.4), its optimum engine the `lmembed "
         "export --format onnx` graph, optimised ahead of time as infinity would "

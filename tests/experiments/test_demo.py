@@ -51,7 +51,11 @@ def test_demo_writes_report_with_before_after_and_baseline(tiny_llama, sts_dir, 
 
 @pytest.mark.parametrize(
     ("recipe", "path"),
-    [("demo", "gemma-3-270m-cpu.yaml"), ("best", "gemma-3-270m-cpu-best.yaml")],
+    [
+        ("demo", "gemma-3-270m-cpu.yaml"),
+        ("best", "gemma-3-270m-cpu-best.yaml"),
+        ("distill", "gemma-3-270m-cpu-distill.yaml"),
+    ],
 )
 def test_config_files_hold_the_demo_recipes(recipe, path, tmp_path):
     """``configs/`` is what users copy; ``lmembed demo`` runs the same options."""

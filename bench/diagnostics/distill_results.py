@@ -47,7 +47,7 @@ COPIED = ("eval.jsonl", "log.jsonl", "train_config.json", "teacher.json")
 
 def publish(dev: Path, nine: Path, retrieval: Path, target: Path = RESULTS) -> None:
     """Copy each run's scores (STSb dev, nine tasks, paraphrase retrieval), its curves and
-    options into ``target/<run name>/``; raises if a run has not finished."""
+    options into ``target/<run name>/``; a run not yet scored on both sets is left out."""
     sweep = load_sweep(SWEEP, dev, data_dir=data_dir())
     for setting in sweep.settings:
         records = [read_record(d / "runs" / setting.folder / "result.json") for d in (dev, nine)]
@@ -142,8 +142,9 @@ def summary_table(results: Path = RESULTS) -> str:
         "NDCG@10 | steps | summed step time (s) | teacher encoding (s) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    seeds = published_seeds(results)
     for arm, label in ARMS.items():
-        names = [f"{arm}-s{seed}" for seed in published_seeds(results)]
+        names = [f"{arm}-s{seed}" for seed in seeds]
         dev = statistics.mean(STSResult.load(results / n / "stsb-dev.json").score("stsb-dev")
                               for n in names)  # fmt: skip
         nine = [_nine(n, results) for n in names]

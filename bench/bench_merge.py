@@ -33,7 +33,7 @@ from bench.common import (
 )
 
 NAME, HEADING = "merge", "LoRA merged for inference"
-DEFAULT_ADAPTER = "runs/equal-time/runs/default"  # ablations/cpu-equal-time.yaml, seed 42
+DEFAULT_ADAPTER = "runs/distill/runs/default"  # ablations/cpu-distill.yaml, recipe-s42
 MIN_COSINE = 0.9999
 
 

@@ -7,7 +7,6 @@ import json
 import shutil
 from pathlib import Path
 
-from lmembed.evaluation import STSResult
 from lmembed.experiments.demo import results_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,24 +33,22 @@ def test_the_quality_page_shows_the_same_table():
     assert table in (ROOT / "docs" / "quality.md").read_text(encoding="utf-8")
 
 
-NINE_TASK_ROWS = {  # quality.md's nine-task table: row label -> result file
-    "all-MiniLM-L6-v2 (22M encoder)": "baselines/all-minilm-l6-v2-nine.json",
-    "gemma-3-270m, base (bf16, native-bf16 Xeon)": "baselines/gemma-3-270m-nine.json",
-    "gemma-3-270m, base (fp32, AMD EPYC)": "gpu-carry/packaged-fp32-nine.json",
-}
+def test_the_nine_task_table_comes_from_its_result_files():
+    """docs/quality.md's nine-task table: base models, the recipes (means over seeds), MiniLM."""
+    from bench.diagnostics.selection import nine_task_table
+
+    assert nine_task_table() in (ROOT / "docs" / "quality.md").read_text(encoding="utf-8")
 
 
-def nine_task_row(label: str, path: Path) -> str:
-    """The markdown row quality.md shows for a nine-task result file."""
-    result = STSResult.load(path)
-    cells = [f"{result.score(task):.2f}" for task in result.tasks]
-    return f"| {label} | {' | '.join(cells)} | **{result.score('average'):.2f}** |"
+def test_the_recipe_selections_come_from_their_result_files():
+    """docs/quality.md's STSb-dev selections: the LoRA targets at both budgets, and the
+    weight average against the last step."""
+    from bench.diagnostics import selection
 
-
-def test_the_nine_task_rows_come_from_their_result_files():
     quality = (ROOT / "docs" / "quality.md").read_text(encoding="utf-8")
-    for label, name in NINE_TASK_ROWS.items():
-        assert nine_task_row(label, ROOT / "docs" / "results" / name) in quality, label
+    for table in (selection.demo_budget_table, selection.thirty_minute_table,
+                  selection.weight_average_table, selection.search_table):  # fmt: skip
+        assert table() in quality, table.__name__
 
 
 def test_the_gpu_carry_table_comes_from_its_result_files():

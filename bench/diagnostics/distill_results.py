@@ -25,9 +25,10 @@ import tempfile
 from pathlib import Path
 
 from bench.common import ROOT, data_dir
+from bench.diagnostics.published_runs import publish_sweep
 from lmembed.data.sts import ALL_TASKS
 from lmembed.evaluation import STSResult
-from lmembed.experiments.sweep import load_sweep, read_record
+from lmembed.experiments.sweep import load_sweep
 from lmembed.io import atomic_write_json
 from lmembed.training.distributed import Distributed
 from lmembed.training.teacher import prepare_teacher
@@ -42,30 +43,14 @@ ARMS = {  # run-name prefix -> row label
     "teacher": "with the MiniLM teacher (138 steps)",
 }
 SEEDS = (42, 7, 1234)  # the sweep's; the tables show those published for both arms
-COPIED = ("eval.jsonl", "log.jsonl", "train_config.json", "teacher.json")
 
 
 def publish(dev: Path, nine: Path, retrieval: Path, target: Path = RESULTS) -> None:
     """Copy each run's scores (STSb dev, nine tasks, paraphrase retrieval), its curves and
     options into ``target/<run name>/``; a run not yet scored on both sets is left out."""
-    sweep = load_sweep(SWEEP, dev, data_dir=data_dir())
-    for setting in sweep.settings:
-        records = [read_record(d / "runs" / setting.folder / "result.json") for d in (dev, nine)]
-        if any(r is None or r["status"] != "ok" for r in records):
-            print(f"{setting.name}: not scored on both sets yet, left out")
-            continue
-        out = target / setting.name
-        out.mkdir(parents=True, exist_ok=True)
-        for record, name in zip(records, ("stsb-dev.json", "nine.json"), strict=True):
-            STSResult.from_dict(record["eval"]).save(out / name)
-        trained = records[0]
-        summary = {k: trained[k] for k in ("steps_done", "final_loss", "train_s", "finished_at")}
-        atomic_write_json(out / "run.json", summary)
-        shutil.copy(retrieval / f"{setting.folder}.json", out / "stsb-paraphrase.json")
-        for name in COPIED:
-            source = dev / "runs" / setting.folder / name
-            if source.is_file():
-                shutil.copy(source, out / name)
+    scored = {"stsb-dev.json": dev, "nine.json": nine}
+    for name, folder in publish_sweep(SWEEP, scored, target).items():
+        shutil.copy(retrieval / f"{folder}.json", target / name / "stsb-paraphrase.json")
     shutil.copy(retrieval / "all-minilm-l6-v2.json", target / TEACHER_RETRIEVAL)
     shutil.copy(dev / "report.md", target / "stsb-dev-report.md")
     shutil.copy(nine / "report.md", target / "nine-report.md")

@@ -1,0 +1,165 @@
+"""The two STSb-dev selections behind the CPU recipes, published into
+``docs/results/selection`` and rendered as docs/quality.md's tables (checked there by
+tests/test_published_numbers.py).
+
+- ``demo-budget/``: LoRA on every linear layer for 64 steps against q_proj/v_proj for 100
+  steps, about the same wall time (``ablations/cpu-demo-equal-time.yaml``): `make demo`'s
+  recipe.
+- ``thirty-minute/``: q_proj/v_proj for 220 steps (``ablations/cpu-qv-220.yaml``, STSb dev,
+  then the nine test sets to report) against every linear layer for 140 steps, whose runs
+  are the distillation study's ``recipe-s*`` (``docs/results/distill``): the 30-minute
+  recipe. ``last-step/`` holds STSb dev of each run's last-step adapter, which the weight
+  average (``ema_decay``) is measured against.
+
+    python -m bench.diagnostics.selection --publish   # copy runs/ into docs/results
+    python -m bench.diagnostics.selection             # print the tables
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import statistics
+from pathlib import Path
+
+from bench.common import ROOT
+from bench.diagnostics.published_runs import paired_seed_table, publish_sweep, score
+from lmembed.data.sts import ALL_TASKS
+from lmembed.evaluation import STSResult
+
+RESULTS = ROOT / "docs" / "results"
+SELECTION = RESULTS / "selection"
+SEEDS = [42, 7, 1234]
+DEMO_SWEEP = ROOT / "ablations" / "cpu-demo-equal-time.yaml"
+QV_SWEEP = ROOT / "ablations" / "cpu-qv-220.yaml"
+
+
+def publish(runs: Path = ROOT / "runs", target: Path = SELECTION) -> None:
+    """Copy the two sweeps' runs and the last-step scores (``runs/last-step/<run>.json``,
+    made by ``lmembed eval --adapter <run>/last-step --tasks stsb-dev``)."""
+    publish_sweep(DEMO_SWEEP, {"stsb-dev.json": runs / "demo-equal-time"}, target / "demo-budget")
+    scored = {"stsb-dev.json": runs / "qv-220", "nine.json": runs / "qv-220-nine"}
+    publish_sweep(QV_SWEEP, scored, target / "thirty-minute")
+    (target / "thirty-minute" / "last-step").mkdir(parents=True, exist_ok=True)
+    for path in sorted((runs / "last-step").glob("*.json")):
+        shutil.copy(path, target / "thirty-minute" / "last-step" / path.name)
+
+
+def demo_budget_table(target: Path = SELECTION) -> str:
+    folder = target / "demo-budget"
+    return paired_seed_table(
+        SEEDS,
+        ("q/v, 100 steps", [folder / f"qv-100-s{seed}" for seed in SEEDS]),
+        ("all linear, 64 steps", [folder / f"all-linear-64-s{seed}" for seed in SEEDS]),
+    )
+
+
+def thirty_minute_table(target: Path = SELECTION) -> str:
+    return paired_seed_table(
+        SEEDS,
+        ("q/v, 220 steps", [target / "thirty-minute" / f"qv-220-s{seed}" for seed in SEEDS]),
+        ("all linear, 140 steps", [RESULTS / "distill" / f"recipe-s{seed}" for seed in SEEDS]),
+    )
+
+
+def weight_average_table(target: Path = SELECTION) -> str:
+    """STSb dev of the averaged adapter (what the recipe saves) against its last step."""
+    runs = {f"q/v x 220, seed {s}": target / "thirty-minute" / f"qv-220-s{s}" for s in SEEDS}
+    runs |= {f"all linear x 140, seed {s}": RESULTS / "distill" / f"recipe-s{s}" for s in SEEDS}
+    lines = ["| run | averaged (EMA 0.95) | last step | difference |", "|---|---:|---:|---:|"]
+    for label, run in runs.items():
+        averaged = score(run)
+        last = score(target / "thirty-minute" / "last-step", f"{run.name}.json")
+        lines.append(f"| {label} | {averaged:.2f} | {last:.2f} | {averaged - last:+.2f} |")
+    return "\n".join(lines)
+
+
+NINE_TASK_ROWS: dict[str, list[Path]] = {  # row label -> result files (a mean over several)
+    "gemma-3-270m, base (fp32)": [RESULTS / "gpu-carry" / "packaged-fp32-nine.json"],
+    "gemma-3-270m, base (bf16)": [RESULTS / "baselines" / "gemma-3-270m-nine.json"],
+    "`make demo`: all linear x 64, seed 42": [RESULTS / "demo" / "nine.json"],
+    "q/v x 220 (first 30-minute recipe), mean of 3 seeds": [
+        SELECTION / "thirty-minute" / f"qv-220-s{seed}" / "nine.json" for seed in SEEDS
+    ],
+    "**30-minute recipe: all linear x 140, mean of 3 seeds**": [
+        RESULTS / "distill" / f"recipe-s{seed}" / "nine.json" for seed in SEEDS
+    ],
+    "**with the MiniLM teacher (`lmembed demo --full`), mean of 3 seeds**": [
+        RESULTS / "distill" / f"teacher-s{seed}" / "nine.json" for seed in SEEDS
+    ],
+    "all-MiniLM-L6-v2 (22M encoder)": [RESULTS / "baselines" / "all-minilm-l6-v2-nine.json"],
+}
+
+
+def nine_task_row(label: str, paths: list[Path]) -> str:
+    """Per-task means over ``paths``; the average with ± sd when there are several."""
+    results = [STSResult.load(path) for path in paths]
+    cells = [f"{statistics.mean(r.score(task) for r in results):.2f}" for task in ALL_TASKS]
+    averages = [r.score("average") for r in results]
+    average = f"{statistics.mean(averages):.2f}"
+    if len(averages) > 1:
+        average += f" ± {statistics.stdev(averages):.2f}"
+    return f"| {label} | {' | '.join(cells)} | **{average}** |"
+
+
+def nine_task_table() -> str:
+    lines = [f"| | {' | '.join(ALL_TASKS)} | **avg 9** |", "|---|" + "---:|" * 10]
+    lines += [nine_task_row(label, paths) for label, paths in NINE_TASK_ROWS.items()]
+    return "\n".join(lines)
+
+
+SEARCH_CSV = RESULTS / "sweeps" / "cpu-quality-fp32.csv"
+SEARCH_ROWS = {  # the sweep's run name -> row label
+    "seed=42": "demo recipe, seed 42 (no prompt, LoRA on q_proj/v_proj)",
+    "seed=7": "demo recipe, seed 7",
+    "seed=1234": "demo recipe, seed 1234",
+    "is": "prompt `{s} is: ` (seed 42)",
+    "prompteol": 'prompt `This sentence: "{s}" means in one word: "` (PromptEOL, seed 42)',
+    "bidirectional-mean": "bidirectional attention + mean pooling (`--attention "
+    "bidirectional --pooling mean`, seed 42)",
+    "all-linear": "LoRA on all linear layers (`--lora-targets all-linear`, seed 42)",
+    "t0.02": "temperature 0.02 (`--temperature 0.02`, seed 42)",
+}
+
+
+def search_table(path: Path = SEARCH_CSV) -> str:
+    """The q/v demo recipe's levers on STSb dev (``ablations/cpu-quality.yaml``'s
+    ``results.csv``), each beside the untrained model with the same embedding options."""
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    embedding = ("prompt", "attention", "pooling")
+    base = {tuple(r[k] for k in embedding): r for r in rows if r["study"] == "base-model"}
+    lines = [
+        "| setting | STSb dev | base model, same prompt | train s | final loss |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in (r for r in rows if r["study"] != "base-model"):
+        untrained = base[tuple(row[k] for k in embedding)]["stsb-dev"]
+        lines.append(
+            f"| {SEARCH_ROWS[row['name']]} | {float(row['stsb-dev']):.2f} | "
+            f"{float(untrained):.2f} | {float(row['train_s']):.0f} | "
+            f"{float(row['final_loss']):.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--publish", action="store_true", help="copy the runs first")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs", help="the sweeps' parent")
+    args = parser.parse_args()
+    if args.publish:
+        publish(args.runs)
+    tables = (
+        demo_budget_table,
+        thirty_minute_table,
+        weight_average_table,
+        search_table,
+        nine_task_table,
+    )
+    print(*(table() for table in tables), sep="\n\n")
+
+
+if __name__ == "__main__":
+    main()

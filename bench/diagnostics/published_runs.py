@@ -51,7 +51,7 @@ def publish_sweep(sweep_yaml: Path, scored: dict[str, Path], target: Path) -> di
 def score(run: Path, file: str = "stsb-dev.json", task: str | None = None) -> float:
     """One published score: ``task`` (default: the file's only or average task)."""
     result = STSResult.load(run / file)
-    return result.score(task or ("average" if len(result.tasks) > 1 else result.tasks[0]))
+    return result.score(task or ("average" if len(result.tasks) > 1 else next(iter(result.tasks))))
 
 
 def train_seconds(run: Path) -> float:

@@ -416,9 +416,9 @@ def requests_of(pool: list[str], texts: int, count: int, model: str) -> list:
     ]
 
 
-def load_round(url: str, requests: list, clients: int, seconds: float | None) -> dict:
-    """One closed-loop round; every answer must be a 200."""
-    from lmembed.serving.loadtest import run_load, summarize
+def checked_round(url: str, requests: list, clients: int, seconds: float | None) -> tuple:
+    """One closed-loop round's outcomes and wall time; every answer must be a 200."""
+    from lmembed.serving.loadtest import run_load
 
     outcomes, wall_s = run_load(url, requests, clients, seconds=seconds)
     failed = [o for o in outcomes if o.status != 200]
@@ -427,6 +427,14 @@ def load_round(url: str, requests: list, clients: int, seconds: float | None) ->
             f"{len(failed)} requests failed at {url}: {failed[0].status} "
             f"{json.dumps(failed[0].payload)[:300]} {failed[0].error or ''}"
         )
+    return outcomes, wall_s
+
+
+def load_round(url: str, requests: list, clients: int, seconds: float | None) -> dict:
+    """One closed-loop round, summarised."""
+    from lmembed.serving.loadtest import summarize
+
+    outcomes, wall_s = checked_round(url, requests, clients, seconds)
     summary = summarize(outcomes, wall_s)
     texts = len(requests[0].texts)
     return {

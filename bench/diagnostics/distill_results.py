@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import ROOT, data_dir
-from bench.diagnostics.published_runs import publish_sweep
+from bench.diagnostics.published_runs import NINE_TASK_HEADER, nine_task_row, publish_sweep
 from lmembed.data.sts import ALL_TASKS
 from lmembed.evaluation import STSResult
 from lmembed.experiments.sweep import load_sweep
@@ -87,28 +87,17 @@ def _nine(run: str, results: Path) -> STSResult:
     return STSResult.load(results / run / "nine.json")
 
 
-def _cells(scores: dict[str, float]) -> str:
-    return " | ".join(f"{scores[task]:.2f}" for task in ALL_TASKS)
-
-
 def nine_task_table(results: Path = RESULTS) -> str:
     """Per seed and the mean over seeds (± sd of the average) for each arm, and the teacher."""
     seeds = published_seeds(results)
-    lines = [f"| | {' | '.join(ALL_TASKS)} | **avg 9** |", "|---|" + "---:|" * 10]
+    lines = [NINE_TASK_HEADER]
     for arm, label in ARMS.items():
-        runs = [_nine(f"{arm}-s{seed}", results) for seed in seeds]
-        for seed, result in zip(seeds, runs, strict=True):
-            scores = {task: result.score(task) for task in ALL_TASKS}
-            lines.append(f"| {label}, seed {seed} | {_cells(scores)} | "
-                         f"**{result.score('average'):.2f}** |")  # fmt: skip
-        means = {t: statistics.mean(r.score(t) for r in runs) for t in ALL_TASKS}
-        averages = [r.score("average") for r in runs]
-        lines.append(f"| **{label}, mean** | {_cells(means)} | **{statistics.mean(averages):.2f}"
-                     f" ± {statistics.stdev(averages):.2f}** |")  # fmt: skip
-    teacher = STSResult.load(TEACHER_NINE)
-    scores = {task: teacher.score(task) for task in ALL_TASKS}
-    lines.append(f"| all-MiniLM-L6-v2 (the teacher) | {_cells(scores)} | "
-                 f"**{teacher.score('average'):.2f}** |")  # fmt: skip
+        paths = [results / f"{arm}-s{seed}" / "nine.json" for seed in seeds]
+        lines += [
+            nine_task_row(f"{label}, seed {s}", [p]) for s, p in zip(seeds, paths, strict=True)
+        ]
+        lines.append(nine_task_row(f"**{label}, mean**", paths))
+    lines.append(nine_task_row("all-MiniLM-L6-v2 (the teacher)", [TEACHER_NINE]))
     return "\n".join(lines)
 
 

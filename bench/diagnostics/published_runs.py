@@ -14,10 +14,12 @@ import statistics
 from pathlib import Path
 
 from bench.common import data_dir
+from lmembed.data.sts import ALL_TASKS
 from lmembed.evaluation import STSResult
 from lmembed.experiments.sweep import load_sweep, read_record
 from lmembed.io import atomic_write_json
 
+NINE_TASK_HEADER = f"| | {' | '.join(ALL_TASKS)} | **avg 9** |\n|---|" + "---:|" * 10
 COPIED = ("eval.jsonl", "log.jsonl", "train_config.json", "teacher.json")
 RUN_SUMMARY = ("steps_done", "final_loss", "train_s", "finished_at")
 
@@ -84,3 +86,17 @@ def paired_seed_table(
     lines.append(f"| mean (sd; range) | {spread(base_scores)} | | **{spread(scores)}** | | "
                  f"**{gain:+.2f}** |")  # fmt: skip
     return "\n".join(lines)
+
+
+def average_cell(averages: list[float]) -> str:
+    """One score as is; several as ``mean ± sd``."""
+    mean = f"{statistics.mean(averages):.2f}"
+    return mean if len(averages) == 1 else f"{mean} ± {statistics.stdev(averages):.2f}"
+
+
+def nine_task_row(label: str, paths: list[Path]) -> str:
+    """A nine-task table row: per-task means over the result files, and their average."""
+    results = [STSResult.load(path) for path in paths]
+    cells = [f"{statistics.mean(r.score(task) for r in results):.2f}" for task in ALL_TASKS]
+    average = average_cell([r.score("average") for r in results])
+    return f"| {label} | {' | '.join(cells)} | **{average}** |"

@@ -20,12 +20,17 @@ from __future__ import annotations
 import argparse
 import csv
 import shutil
-import statistics
 from pathlib import Path
 
 from bench.common import ROOT
-from bench.diagnostics.published_runs import paired_seed_table, publish_sweep, score
-from lmembed.data.sts import ALL_TASKS
+from bench.diagnostics.published_runs import (
+    NINE_TASK_HEADER,
+    average_cell,
+    nine_task_row,
+    paired_seed_table,
+    publish_sweep,
+    score,
+)
 from lmembed.evaluation import STSResult
 
 RESULTS = ROOT / "docs" / "results"
@@ -75,49 +80,34 @@ def weight_average_table(target: Path = SELECTION) -> str:
     return "\n".join(lines)
 
 
-NINE_TASK_ROWS: dict[str, list[Path]] = {  # row label -> result files (a mean over several)
-    "gemma-3-270m, base (fp32)": [RESULTS / "gpu-carry" / "packaged-fp32-nine.json"],
-    "gemma-3-270m, base (bf16)": [RESULTS / "baselines" / "gemma-3-270m-nine.json"],
-    "`make demo`: all linear x 64, seed 42": [RESULTS / "demo" / "nine.json"],
-    "**30-minute recipe: all linear x 140, mean of 3 seeds**": [
-        RESULTS / "distill" / f"recipe-s{seed}" / "nine.json" for seed in SEEDS
-    ],
-    "**with the MiniLM teacher (`lmembed demo --full`), mean of 3 seeds**": [
-        RESULTS / "distill" / f"teacher-s{seed}" / "nine.json" for seed in SEEDS
-    ],
-    "all-MiniLM-L6-v2 (22M encoder)": [RESULTS / "baselines" / "all-minilm-l6-v2-nine.json"],
+NINE_TASK_ROWS: dict[str, tuple[str, list[Path]]] = {  # key -> (row label, result files)
+    "base-fp32": ("gemma-3-270m, base (fp32)", [RESULTS / "gpu-carry" / "packaged-fp32-nine.json"]),
+    "base": ("gemma-3-270m, base (bf16)", [RESULTS / "baselines" / "gemma-3-270m-nine.json"]),
+    "demo": ("`make demo`: all linear x 64, seed 42", [RESULTS / "demo" / "nine.json"]),
+    "recipe": (
+        "**30-minute recipe: all linear x 140, mean of 3 seeds**",
+        [RESULTS / "distill" / f"recipe-s{seed}" / "nine.json" for seed in SEEDS],
+    ),
+    "teacher": (
+        "**with the MiniLM teacher (`lmembed demo --full`), mean of 3 seeds**",
+        [RESULTS / "distill" / f"teacher-s{seed}" / "nine.json" for seed in SEEDS],
+    ),
+    "minilm": (
+        "all-MiniLM-L6-v2 (22M encoder)",
+        [RESULTS / "baselines" / "all-minilm-l6-v2-nine.json"],
+    ),
 }
 
 
-def nine_task_row(label: str, paths: list[Path]) -> str:
-    """Per-task means over ``paths``; the average with ± sd when there are several."""
-    results = [STSResult.load(path) for path in paths]
-    cells = [f"{statistics.mean(r.score(task) for r in results):.2f}" for task in ALL_TASKS]
-    averages = [r.score("average") for r in results]
-    average = f"{statistics.mean(averages):.2f}"
-    if len(averages) > 1:
-        average += f" ± {statistics.stdev(averages):.2f}"
-    return f"| {label} | {' | '.join(cells)} | **{average}** |"
-
-
-def _mean_and_sd(label: str) -> str:
-    averages = [STSResult.load(path).score("average") for path in NINE_TASK_ROWS[label]]
-    if len(averages) == 1:
-        return f"{averages[0]:.2f}"
-    return f"{statistics.mean(averages):.2f} ± {statistics.stdev(averages):.2f}"
+def _average(row: str) -> str:
+    _, paths = NINE_TASK_ROWS[row]
+    return average_cell([STSResult.load(path).score("average") for path in paths])
 
 
 def nine_task_summary() -> str:
     """The quality page's headline: the recipes' nine-task averages beside the baselines."""
-    recipe, teacher, base, demo, minilm = (
-        _mean_and_sd(label)
-        for label in (
-            "**30-minute recipe: all linear x 140, mean of 3 seeds**",
-            "**with the MiniLM teacher (`lmembed demo --full`), mean of 3 seeds**",
-            "gemma-3-270m, base (bf16)",
-            "`make demo`: all linear x 64, seed 42",
-            "all-MiniLM-L6-v2 (22M encoder)",
-        )
+    recipe, teacher, base, demo, minilm = map(
+        _average, ("recipe", "teacher", "base", "demo", "minilm")
     )
     return (
         "The 30-minute recipe (LoRA on every linear layer for 140 steps x 32, weights averaged)\n"
@@ -129,9 +119,8 @@ def nine_task_summary() -> str:
 
 
 def nine_task_table() -> str:
-    lines = [f"| | {' | '.join(ALL_TASKS)} | **avg 9** |", "|---|" + "---:|" * 10]
-    lines += [nine_task_row(label, paths) for label, paths in NINE_TASK_ROWS.items()]
-    return "\n".join(lines)
+    rows = [nine_task_row(label, paths) for label, paths in NINE_TASK_ROWS.values()]
+    return "\n".join([NINE_TASK_HEADER, *rows])
 
 
 SEARCH_CSV = RESULTS / "sweeps" / "cpu-quality-fp32.csv"

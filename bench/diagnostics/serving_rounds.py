@@ -17,21 +17,19 @@ import argparse
 import shlex
 from dataclasses import replace
 
-import numpy as np
-
 from bench import bench_serving as serving
-from lmembed.serving.loadtest import run_load
+from lmembed.serving.loadtest import summarize
 
 
 def report(label: str, outcomes: list, wall_s: float, texts: int) -> None:
+    summary = summarize(outcomes, wall_s)
     start = min(o.sent_at for o in outcomes)
-    latency_ms = np.array([o.seconds for o in outcomes]) * 1000
-    sent_s = np.array([o.sent_at - start for o in outcomes])
-    p99 = np.percentile(latency_ms, 99)
-    slowest = np.round(np.sort(sent_s[latency_ms >= p99])[:12], 2).tolist()
-    print(f"{label}: {texts * len(outcomes) / wall_s:.0f} texts/s, p50 "
-          f"{np.median(latency_ms):.0f} ms, p99 {p99:.0f} ms; slowest 1% sent at {slowest} s",
-          flush=True)  # fmt: skip
+    slowest = sorted(
+        round(o.sent_at - start, 2) for o in outcomes if 1000 * o.seconds >= summary["p99_ms"]
+    )[:12]
+    print(f"{label}: {texts * summary['requests_per_s']:.0f} texts/s, p50 "
+          f"{summary['p50_ms']:.0f} ms, p99 {summary['p99_ms']:.0f} ms; slowest 1% sent at "
+          f"{slowest} s", flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -59,7 +57,9 @@ def main() -> None:
                 serving.load_round(up.url, warm, serving.WARM_UP, None)
                 for texts, clients in cells:
                     requests = serving.requests_of(pool, texts, 4096 // texts, model.served)
-                    outcomes, wall_s = run_load(up.url, requests, clients, seconds=args.seconds)
+                    outcomes, wall_s = serving.checked_round(
+                        up.url, requests, clients, args.seconds
+                    )
                     report(f"{server.label} {texts}x{clients} #{repeat}", outcomes, wall_s, texts)
 
 

@@ -36,7 +36,7 @@ RETRIEVAL_TASK = "stsb-paraphrase-mini"
 
 
 # The paper's loss with a higher lr for short CPU runs and LoRA on every linear layer, which
-# costs more per step: 64 steps take what 100 q/v-only steps do, 140 what 220 do.
+# costs more per step: in fp32, 64 steps take what 100 q/v-only steps do, 140 what 220 do.
 # configs/gemma-3-270m-cpu.yaml, -cpu-best.yaml and -cpu-distill.yaml hold the same
 # options (tests/experiments/test_demo.py). They score STSb dev before training and every
 # 16/20 steps, for the report's curve (evaluations leave the adapter bit-identical).
